@@ -1,0 +1,48 @@
+# Two commands on a fresh clone: `make demo` and `make test`; both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+SYSTEM_PACKAGES := ffmpeg espeak-ng slurm-wlm munge
+
+.PHONY: help install demo test test-full lint format bench system-deps clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(INSTALLED) ## create .venv if missing and install the suite (editable) with its dev tools
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install ## train the main job on the embedded synthetic corpus (generated on first use)
+	$(PY) run.py experiment=demo
+
+test: install ## the default test suite (what CI runs)
+	$(PY) -m pytest
+
+test-full: install ## the default suite plus the tests marked slow
+	$(PY) -m pytest -m ''
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## ruff format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install ## every bench/bench_*.py; copy the tables into docs/benchmarks.md
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+system-deps: ## Debian packages the full tests use (ffmpeg, espeak-ng, slurm-wlm, munge)
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then echo "system packages present"; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); fi
+
+clean: ## remove run outputs and caches (not data/ and not .venv)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""W&B validation panel for stage 1: ground-truth vs predicted expressions, rendered, with the audio.
+
+Every `every_n_epochs` validation epochs, the first window of the first validation batch is rendered
+twice with the face layer (`face3d.FaceRenderer`, ground-truth identity, texture, pose and lighting):
+once with the ground-truth expressions (left), once with the predicted ones (right). The two are put
+side by side, muxed with the window's audio into an H.264/AAC mp4 and logged as a `wandb.Video`.
+Without a WandbLogger the callback does nothing and writes nothing. Cheap by design: one window, a
+few frames, small renders.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+import face3d
+
+
+def write_video_with_audio(
+    path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25, sample_rate: int = 16000
+) -> Path:
+    """frames uint8 (T, H, W, 3) RGB (H, W even) and mono audio float in [-1, 1] -> an H.264 + AAC mp4."""
+    path = Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"H.264 (yuv420p) needs even sizes, got {frames.shape[1]} x {frames.shape[2]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        sound = container.add_stream("aac", rate=sample_rate, layout="mono")
+        for image in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode(None))
+        samples = np.clip(audio, -1.0, 1.0).astype(np.float32)[None]
+        chunk = sound.codec_context.frame_size or 1024
+        for start in range(0, samples.shape[1], chunk):
+            piece = np.ascontiguousarray(samples[:, start : start + chunk])
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            frame.time_base = Fraction(1, sample_rate)
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    return path
+
+
+class A2EMediaPanel(L.Callback):
+    """Logs `key` (a side-by-side GT | predicted render video with audio) to W&B every
+    `every_n_epochs` validation epochs. Needs a module with `face_model`, `camera` and
+    `with_expression` semantics of `lightning_modules.stage1.AudioToExpressionModule`, and a
+    validation step that returns {"prediction": (B, T, 64)}."""
+
+    def __init__(
+        self, every_n_epochs: int = 5, num_frames: int = 25, image_size: int = 128, key: str = "val/a2e_video"
+    ) -> None:
+        if image_size % 2:
+            raise ValueError(f"image_size must be even (H.264), got {image_size}")
+        self.every_n_epochs = every_n_epochs
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.key = key
+        self._window: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        return (
+            not trainer.sanity_checking
+            and self._wandb_logger(trainer) is not None
+            and trainer.current_epoch % self.every_n_epochs == 0
+        )
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or dataloader_idx != 0 or not self._due(trainer):
+            return
+        frames = min(self.num_frames, batch["coeffs"].shape[1])
+        self._window = {
+            "coeffs": batch["coeffs"][0, :frames].detach(),
+            "prediction": outputs["prediction"][0, :frames].detach(),
+            "audio": batch["audio"][0, : frames * 640].detach().cpu(),
+        }
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = self._wandb_logger(trainer)
+        if self._window is None or logger is None or not trainer.is_global_zero:
+            self._window = None
+            return
+        from lightning_modules.stage1 import with_expression
+
+        window, self._window = self._window, None
+        renderer = face3d.FaceRenderer(pl_module.face_model, pl_module.camera.resized(self.image_size))
+        with torch.no_grad():
+            truth = renderer(window["coeffs"])["image"]
+            predicted = renderer(with_expression(window["coeffs"], window["prediction"]))["image"]
+        side_by_side = torch.cat([truth, predicted], dim=-1).clamp(0, 1)  # (T, 3, H, 2W)
+        frames = (side_by_side.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        path = Path(trainer.default_root_dir) / "media" / f"a2e_epoch{trainer.current_epoch:04d}.mp4"
+        write_video_with_audio(path, frames, window["audio"].numpy())
+        logger.log_video(
+            self.key, videos=[str(path)], step=trainer.global_step, caption=["ground truth | predicted"]
+        )

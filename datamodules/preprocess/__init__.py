@@ -1,0 +1,25 @@
+"""Raw corpora (VoxCeleb1/2, LRW, the synthetic corpus) -> litdata shards + manifest.jsonl.
+
+`python run.py task=preprocess data=voxceleb2|voxceleb1|lrw|synthetic` calls `preprocess_corpus(cfg.data)`.
+"""
+
+from datamodules.preprocess.clip import ClipOptions
+from datamodules.preprocess.layout import ClipSource, discover_clips
+from datamodules.preprocess.pipeline import (
+    PreprocessSettings,
+    preprocess_corpus,
+    run_preprocessing,
+    settings_from_config,
+)
+from datamodules.preprocess.video import ClipRejected
+
+__all__ = [
+    "ClipOptions",
+    "ClipRejected",
+    "ClipSource",
+    "PreprocessSettings",
+    "discover_clips",
+    "preprocess_corpus",
+    "run_preprocessing",
+    "settings_from_config",
+]

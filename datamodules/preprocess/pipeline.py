@@ -1,0 +1,280 @@
+"""Preprocessing a corpus into shards: parallel over clips, shardable over SLURM array tasks, resumable.
+
+Crash safety (kill -9 at any moment):
+1. every clip's outcome (its shard sample, or its rejection) is pickled to `work_dir/clips/<key>.pkl`
+   through a temporary file and `os.replace`, so a result file is either complete or absent; a rerun
+   skips the clips that have one;
+2. once every clip of the corpus has a result (whichever task or run made it), the results are packed:
+   `datamodules.shards.write_shards` writes each split into a temporary dir and renames it into place,
+   then `manifest.jsonl` is replaced atomically. One result file per clip id means no duplicates.
+With SLURM arrays (`shard=i/n`, by default from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) each task
+takes clips i, i + n, ...; the task that finds the corpus complete packs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from datamodules.preprocess.clip import ClipOptions, Tools, process_clip
+from datamodules.preprocess.layout import ClipSource, discover_clips
+from datamodules.preprocess.video import ClipRejected
+from datamodules.shards import MANIFEST_NAME, SPLITS, write_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreprocessSettings:
+    """Everything `run_preprocessing` needs, as plain values."""
+
+    corpus: str
+    input_dir: str
+    shard_dir: str
+    work_dir: str
+    face_model: dict[str, Any] = field(default_factory=dict)
+    camera: dict[str, float] = field(default_factory=dict)
+    detector: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
+    clip: ClipOptions = field(default_factory=ClipOptions)
+    num_workers: int = 0
+    torch_threads: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    teacher_checkpoint: str | None = None
+    split_fractions: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05}
+    )
+    chunk_bytes: str = "64MB"
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """'i/n' -> (i, n); None -> this SLURM array task's (index, count), else (0, 1)."""
+    if shard:
+        index, count = (int(v) for v in str(shard).split("/"))
+    elif "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
+        index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    else:
+        index, count = 0, 1
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: index must be in [0, {count})")
+    return index, count
+
+
+def result_path(work_dir: str | Path, clip_id: str) -> Path:
+    return Path(work_dir) / "clips" / (clip_id.replace("/", "__") + ".pkl")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Temporary result files of killed processes (`.<name>.<pid>.tmp` whose pid is gone)."""
+    for path in directory.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                path.unlink(missing_ok=True)
+            except PermissionError:
+                pass
+
+
+# --- workers -----------------------------------------------------------------------------------------
+
+_TOOLS: dict[str, Tools] = {}
+
+
+def build_tools(settings: PreprocessSettings) -> Tools:
+    import face3d
+    from datamodules.preprocess.detect import make_detector
+    from datamodules.synthetic import build_model
+
+    detector_cfg = dict(settings.detector)
+    backend = detector_cfg.get("backend", "dlib")
+    detector = make_detector(backend, detector_cfg.get(backend) or {})
+    model = build_model(settings.face_model)
+    camera = face3d.PerspectiveCamera(**settings.camera).resized(settings.clip.crop_size)
+    teacher = None
+    if settings.teacher_checkpoint:
+        from lightning_modules.teacher import load_wav2lip
+
+        teacher = load_wav2lip(settings.teacher_checkpoint)
+    return Tools(detector=detector, model=model, camera=camera, teacher=teacher)
+
+
+def _worker_setup(settings: PreprocessSettings) -> None:
+    import torch
+
+    if settings.torch_threads:
+        torch.set_num_threads(int(settings.torch_threads))
+    _TOOLS["tools"] = build_tools(settings)
+
+
+def run_clip(source: ClipSource, settings: PreprocessSettings) -> dict[str, Any]:
+    """Processes one clip in a worker and writes its result file; returns the manifest record."""
+    base = {
+        "clip_id": source.clip_id,
+        "identity": source.identity,
+        "split": source.split,
+        "source": source.path,
+    }
+    started = time.perf_counter()
+    sample = None
+    try:
+        sample, record = process_clip(source, settings.clip, _TOOLS["tools"])
+        record = {**base, **record}
+    except ClipRejected as rejection:
+        record = {**base, "status": "rejected", "reason": rejection.reason, "detail": rejection.detail}
+    except Exception as error:  # one broken clip must not stop the corpus: it is listed with its error
+        log.error("clip %s failed:\n%s", source.clip_id, traceback.format_exc())
+        record = {
+            **base,
+            "status": "rejected",
+            "reason": "error",
+            "detail": f"{type(error).__name__}: {error}",
+        }
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    path = result_path(settings.work_dir, source.clip_id)
+    _atomic_write_bytes(
+        path, pickle.dumps({"record": record, "sample": sample}, protocol=pickle.HIGHEST_PROTOCOL)
+    )
+    return record
+
+
+# --- orchestration -----------------------------------------------------------------------------------
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def pack(settings: PreprocessSettings, clips: list[ClipSource]) -> dict[str, int]:
+    """Writes one litdata dataset per split and `manifest.jsonl` from the per-clip results."""
+    shard_dir = Path(settings.shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    records = [load_result(result_path(settings.work_dir, c.clip_id))["record"] for c in clips]
+    counts = {}
+    for split in SPLITS:
+        accepted = [c for c, r in zip(clips, records) if r["status"] == "accepted" and c.split == split]
+
+        def samples(chosen: list[ClipSource] = accepted) -> Iterator[dict[str, Any]]:
+            for clip in chosen:
+                yield load_result(result_path(settings.work_dir, clip.clip_id))["sample"]
+
+        counts[split] = len(accepted)
+        if accepted:
+            write_shards(samples(), shard_dir / split, chunk_bytes=settings.chunk_bytes, overwrite=True)
+    text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
+    _atomic_write_bytes(shard_dir / MANIFEST_NAME, text.encode())
+    return counts
+
+
+def run_preprocessing(settings: PreprocessSettings) -> dict[str, Any]:
+    """Processes this task's share of the corpus, then packs the shards if the corpus is complete.
+    Returns a summary (clip counts, accepted per split, rejections by reason, seconds, frames/s)."""
+    started = time.perf_counter()
+    clips = discover_clips(settings.input_dir, settings.corpus, settings.split_fractions)
+    if not clips:
+        raise FileNotFoundError(f"no {settings.corpus} clips found under {settings.input_dir}")
+    (Path(settings.work_dir) / "clips").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(Path(settings.work_dir) / "clips")
+    index, count = settings.shard
+    mine = clips[index::count]
+    todo = [c for c in mine if not result_path(settings.work_dir, c.clip_id).exists()]
+    log.info(
+        "preprocess %s: %d clips, shard %d/%d has %d, %d to do",
+        settings.corpus,
+        len(clips),
+        index,
+        count,
+        len(mine),
+        len(todo),
+    )
+    records = []
+    if settings.num_workers > 0 and len(todo) > 1:
+        context = get_context("spawn")
+        with ProcessPoolExecutor(
+            settings.num_workers, mp_context=context, initializer=_worker_setup, initargs=(settings,)
+        ) as pool:
+            futures = [pool.submit(run_clip, clip, settings) for clip in todo]
+            for future in as_completed(futures):
+                records.append(future.result())
+                log.info(
+                    "%s: %s %s", records[-1]["clip_id"], records[-1]["status"], records[-1].get("reason", "")
+                )
+    elif todo:
+        _TOOLS["tools"] = build_tools(settings)
+        for clip in todo:
+            records.append(run_clip(clip, settings))
+    seconds = time.perf_counter() - started
+    frames = sum(r.get("num_frames", 0) for r in records)
+    missing = [c for c in clips if not result_path(settings.work_dir, c.clip_id).exists()]
+    summary: dict[str, Any] = {
+        "clips": len(clips),
+        "processed_now": len(records),
+        "frames_now": frames,
+        "seconds": round(seconds, 2),
+        "frames_per_second": round(frames / seconds, 2) if seconds > 0 else 0.0,
+        "waiting_for": len(missing),
+    }
+    if missing:
+        log.info(
+            "%d clips are still to be processed by other tasks; the last task packs the shards", len(missing)
+        )
+        return summary
+    summary["accepted"] = pack(settings, clips)
+    rejected: dict[str, int] = {}
+    for line in (Path(settings.shard_dir) / MANIFEST_NAME).read_text().splitlines():
+        record = json.loads(line)
+        if record["status"] == "rejected":
+            rejected[record["reason"]] = rejected.get(record["reason"], 0) + 1
+    summary["rejected"] = rejected
+    log.info("preprocess %s done: %s", settings.corpus, summary)
+    return summary
+
+
+def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
+    """The data config node (`corpus`, `shard_dir`, `preprocess`) -> PreprocessSettings."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) else dict(data_cfg)
+    pre = dict(node["preprocess"])
+    return PreprocessSettings(
+        corpus=node["corpus"],
+        input_dir=pre["input_dir"],
+        shard_dir=node["shard_dir"],
+        work_dir=pre["work_dir"],
+        face_model=dict(pre.get("face_model") or {}),
+        camera=dict(pre.get("camera") or {}),
+        detector=dict(pre.get("detector") or {"backend": "dlib"}),
+        clip=ClipOptions(**(pre.get("clip") or {})),
+        num_workers=int(pre.get("num_workers", 0)),
+        torch_threads=pre.get("torch_threads"),
+        shard=parse_shard(pre.get("shard")),
+        teacher_checkpoint=pre.get("teacher_checkpoint"),
+        split_fractions=dict(pre.get("split_fractions") or {"train": 0.9, "val": 0.05, "test": 0.05}),
+        chunk_bytes=str(pre.get("chunk_bytes", "64MB")),
+    )
+
+
+def preprocess_corpus(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`python run.py task=preprocess data=voxceleb2|voxceleb1|lrw|synthetic [data.preprocess.shard=i/n]`."""
+    return run_preprocessing(settings_from_config(data_cfg))

@@ -1,0 +1,133 @@
+"""Face tubes and the square crop, following the VoxCeleb protocol of the first-order motion model
+(Siarohin et al. 2019, `crop-video.py`): per-frame detections are joined into tubes by IoU with the
+tube's first box, a tube's boxes are joined (union), enlarged by a margin, made square and cropped;
+short tubes are dropped. Our additions: a few missed frames inside a tube are bridged, and a clip with
+two long, simultaneous tubes is rejected as "several faces" (a training clip shows one speaker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from datamodules.preprocess.detect import Face
+from datamodules.preprocess.video import ClipRejected
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class Tube:
+    """One face followed over consecutive frames; `faces[t]` is None where the detector missed it."""
+
+    start: int
+    initial_box: np.ndarray
+    faces: dict[int, Face] = field(default_factory=dict)
+    last_seen: int = 0
+
+    @property
+    def end(self) -> int:  # exclusive
+        return self.last_seen + 1
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def build_tubes(detections: list[list[Face]], iou_with_initial: float = 0.25, max_gap: int = 3) -> list[Tube]:
+    """Greedy tube building: each face joins the open tube whose first box it overlaps best (IoU at
+    least `iou_with_initial`), else starts a new tube; a tube closes after `max_gap` missed frames."""
+    open_tubes: list[Tube] = []
+    closed: list[Tube] = []
+    for t, faces in enumerate(detections):
+        still_open = []
+        for tube in open_tubes:
+            (still_open if t - tube.last_seen <= max_gap else closed).append(tube)
+        open_tubes = still_open
+        taken: set[int] = set()
+        for face in sorted(faces, key=lambda f: -f.score):
+            scores = [
+                (iou(face.box, tube.initial_box), i) for i, tube in enumerate(open_tubes) if i not in taken
+            ]
+            best = max(scores, default=(0.0, -1))
+            if best[0] >= iou_with_initial:
+                tube = open_tubes[best[1]]
+                taken.add(best[1])
+            else:
+                tube = Tube(start=t, initial_box=face.box.copy())
+                open_tubes.append(tube)
+                taken.add(len(open_tubes) - 1)
+            tube.faces[t] = face
+            tube.last_seen = t
+    return closed + open_tubes
+
+
+def select_tube(detections: list[list[Face]], min_frames: int, iou_with_initial: float, max_gap: int) -> Tube:
+    """The clip's single speaker tube; ClipRejected('no_face' | 'short_tube' | 'several_faces')."""
+    if not any(detections):
+        raise ClipRejected("no_face", f"no face detected in any of {len(detections)} frames")
+    tubes = build_tubes(detections, iou_with_initial, max_gap)
+    long_tubes = [tube for tube in tubes if tube.length >= min_frames]
+    if not long_tubes:
+        best = max(tube.length for tube in tubes)
+        raise ClipRejected("short_tube", f"longest face tube has {best} frames < {min_frames}")
+    long_tubes.sort(key=lambda tube: -len(tube.faces))
+    main = long_tubes[0]
+    for other in long_tubes[1:]:
+        overlap = min(main.end, other.end) - max(main.start, other.start)
+        if overlap >= min_frames:
+            raise ClipRejected(
+                "several_faces", f"{len(long_tubes)} faces tracked over the same {overlap} frames"
+            )
+    return main
+
+
+def crop_box(tube: Tube, frame_height: int, frame_width: int, increase: float) -> np.ndarray:
+    """Union of the tube's boxes, widened by `increase` x its size on every side, made square about its
+    centre and shifted (never scaled) to stay inside the frame where possible. Returns integer
+    (x0, y0, side)."""
+    boxes = np.stack([face.box for face in tube.faces.values()])
+    x0, y0 = boxes[:, 0].min(), boxes[:, 1].min()
+    x1, y1 = boxes[:, 2].max(), boxes[:, 3].max()
+    w, h = x1 - x0, y1 - y0
+    side = max(w, h) * (1 + 2 * increase)
+    side = min(side, min(frame_height, frame_width))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = float(np.clip(cx - side / 2, 0, frame_width - side))
+    top = float(np.clip(cy - side / 2, 0, frame_height - side))
+    return np.array([round(left), round(top), round(side)], dtype=np.int64)
+
+
+def crop_frames(frames: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) -> (T, size, size, 3) square crops resized with area interpolation."""
+    x0, y0, side = (int(v) for v in box)
+    interpolation = cv2.INTER_AREA if side >= size else cv2.INTER_LINEAR
+    return np.stack(
+        [
+            cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (size, size), interpolation=interpolation)
+            for f in frames
+        ]
+    )
+
+
+def to_crop_pixels(points: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Frame pixel coordinates -> crop pixel coordinates (same corner-origin convention)."""
+    x0, y0, side = (float(v) for v in box)
+    return ((points - np.array([x0, y0], dtype=np.float32)) * (size / side)).astype(np.float32)
+
+
+def interpolate_boxes(tube: Tube) -> np.ndarray:
+    """(length, 4) per-frame boxes of the tube, linearly interpolated over missed frames."""
+    known = np.array(sorted(tube.faces))
+    boxes = np.stack([tube.faces[t].box for t in known])
+    frames = np.arange(tube.start, tube.end)
+    return np.stack([np.interp(frames, known, boxes[:, k]) for k in range(4)], axis=1).astype(np.float32)

@@ -1,0 +1,324 @@
+"""The embedded synthetic talking-head corpus (METHOD.md §1.4 stand-in for VoxCeleb2 on machines without it).
+
+Each identity is a random draw of the procedural morphable model (identity, texture tint, SH lighting,
+placement) in front of its own smooth random background. Each clip has speech-like audio (espeak-ng
+when installed, else `audio.synthesize_speech`); the mouth follows the audio deterministically:
+per video frame, loudness opens the jaw, low-frequency (vowel) energy rounds the lips, high-frequency
+(fricative) energy spreads them, silence presses them, so audio -> lips is learnable. The head moves
+with smooth sinusoidal sway plus, in some clips, one large turn; the eyes blink every few seconds.
+
+Frames are rendered with PyTorch3D (`face3d.FaceRenderer`) and written as H.264/AAC mp4 at 25 fps in
+the VoxCeleb2 layout `mp4/idXXXXX/<video-id>/00001.mp4`, with `00001.npz` beside each clip (the
+ground truth: coefficients, 68 landmarks in frame pixels, the camera) and `splits.json` at the root
+(identity -> train/val/test: splits are by identity).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules import audio as audio_lib
+from datamodules.preprocess.render import render_faces
+from datamodules.preprocess.video import write_mp4
+
+log = logging.getLogger(__name__)
+
+SPLITS_FILE = "splits.json"
+
+
+@dataclass(frozen=True)
+class MotionParams:
+    """How the synthetic face moves; amplitudes in expression-coefficient units or radians."""
+
+    jaw_open: float = 0.9
+    lips_round: float = 0.8
+    lips_spread: float = 0.7
+    lips_press: float = 0.4
+    blink_interval_s: tuple[float, float] = (1.5, 4.0)
+    sway_yaw: float = 0.12
+    sway_pitch: float = 0.06
+    sway_roll: float = 0.04
+    large_turn_probability: float = 0.3
+    large_turn_yaw: float = 0.5
+    face_distance: float = -2.0  # z translation: face size in the frame
+    placement_jitter: float = 0.08
+
+
+def mouth_expression(
+    features: np.ndarray, names: tuple[str, ...], motion: MotionParams, style: np.ndarray
+) -> np.ndarray:
+    """(T, 3) [loudness, brightness, lowness] -> (T, 64) expression coefficients (mouth part only).
+
+    A 3-tap smoothing gives natural co-articulation; `style` (3,) scales open/round/spread per speaker."""
+    kernel = np.array([0.25, 0.5, 0.25])
+    smooth = np.stack(
+        [np.convolve(np.pad(f, 1, mode="edge"), kernel, mode="valid") for f in features.T], axis=1
+    )
+    loud, bright, low = smooth.T
+    exp = np.zeros((len(features), 64), dtype=np.float32)
+    exp[:, names.index("jaw_open")] = motion.jaw_open * style[0] * loud * (0.4 + 0.6 * low)
+    exp[:, names.index("lips_round")] = motion.lips_round * style[1] * loud * low * (1 - bright)
+    exp[:, names.index("lips_spread")] = motion.lips_spread * style[2] * loud * bright
+    exp[:, names.index("lips_press")] = motion.lips_press * (1 - loud) ** 2
+    return exp
+
+
+def blink_track(
+    num_frames: int, rng: np.random.Generator, interval_s: tuple[float, float], fps: int = 25
+) -> np.ndarray:
+    """(T,) blink coefficient: a 5-frame close/open profile every `interval_s` seconds."""
+    profile = np.array([0.35, 0.85, 1.0, 0.6, 0.2])
+    track = np.zeros(num_frames, dtype=np.float32)
+    t = int(rng.uniform(0.2, interval_s[0]) * fps)
+    while t < num_frames:
+        n = min(len(profile), num_frames - t)
+        track[t : t + n] = profile[:n]
+        t += int(rng.uniform(*interval_s) * fps)
+    return track
+
+
+def head_pose(num_frames: int, rng: np.random.Generator, motion: MotionParams, fps: int = 25) -> np.ndarray:
+    """(T, 3) angles (pitch, yaw, roll as Deep3DFaceRecon's x, y, z): sums of slow sinusoids, plus
+    with `large_turn_probability` one smooth large yaw turn away and back."""
+    t = np.arange(num_frames) / fps
+    angles = np.zeros((num_frames, 3))
+    for axis, amplitude in ((0, motion.sway_pitch), (1, motion.sway_yaw), (2, motion.sway_roll)):
+        for _ in range(2):
+            freq, phase = rng.uniform(0.15, 0.6), rng.uniform(0, 2 * np.pi)
+            angles[:, axis] += amplitude / 2 * np.sin(2 * np.pi * freq * t + phase)
+    if rng.random() < motion.large_turn_probability:
+        centre, width = rng.uniform(0.3, 0.7) * t[-1], rng.uniform(0.25, 0.5)
+        angles[:, 1] += (
+            rng.choice([-1, 1]) * motion.large_turn_yaw * np.exp(-0.5 * ((t - centre) / width) ** 2)
+        )
+    return angles.astype(np.float32)
+
+
+def random_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) float background: a colour gradient plus a few soft blobs (a plausible room)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    c0, c1 = rng.uniform(0.15, 0.85, 3), rng.uniform(0.15, 0.85, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
+    image = c0 + (c1 - c0) * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
+    for _ in range(4):
+        centre, radius = rng.uniform(0, 1, 2), rng.uniform(0.08, 0.3)
+        blob = np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * radius**2))[..., None]
+        image = image * (1 - 0.5 * blob) + 0.5 * blob * rng.uniform(0, 1, 3)
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def identity_params(model, rng: np.random.Generator, motion: MotionParams) -> dict[str, np.ndarray]:
+    """A random speaker: identity and texture coefficients, SH lighting, placement, mouth style."""
+    gamma = np.zeros((3, 9), dtype=np.float32)
+    gamma[:, 0] = rng.uniform(-0.15, 0.15) + rng.uniform(-0.05, 0.05, 3)  # ambient level and tint
+    gamma[:, 1:4] = rng.uniform(-0.25, 0.25, 3)  # one directional light, the same for all channels
+    trans = np.array(
+        [
+            rng.uniform(-1, 1) * motion.placement_jitter,
+            rng.uniform(-1, 1) * motion.placement_jitter,
+            motion.face_distance,
+        ],
+        dtype=np.float32,
+    )
+    return {
+        "id": rng.normal(0.0, 0.7, 80).astype(np.float32),
+        "tex": rng.normal(0.0, 0.7, 80).astype(np.float32),
+        "gamma": gamma.reshape(27),
+        "trans": trans,
+        "style": rng.uniform(0.8, 1.2, 3).astype(np.float32),
+    }
+
+
+def split_identities(identities: list[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """identity -> split; val and test get at least one identity each when there are three or more."""
+    order = np.random.default_rng(seed).permutation(len(identities))
+    n = len(identities)
+    n_val = max(1 if n >= 3 else 0, int(round(fractions.get("val", 0.0) * n)))
+    n_test = max(1 if n >= 3 else 0, int(round(fractions.get("test", 0.0) * n)))
+    split = {}
+    for rank, index in enumerate(order):
+        split[identities[index]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return split
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    identity_index: int
+    clip_index: int
+    path: str
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_setup(face_model: dict, image_size: int, camera: dict, torch_threads: int | None) -> None:
+    import face3d
+
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    model = build_model(face_model)
+    cam = face3d.PerspectiveCamera(**camera).resized(image_size)
+    _WORKER.update(model=model, camera=cam)
+
+
+def build_model(face_model: Mapping[str, Any]):
+    """The morphable model from the `face_model` config node (`_target_` node or build_face_model kwargs)."""
+    import face3d
+
+    options = dict(face_model)
+    if "_target_" in options:
+        import hydra
+
+        return hydra.utils.instantiate(options)
+    return face3d.build_face_model(**options)
+
+
+def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
+    """Renders one clip and writes its mp4 + ground-truth npz; returns a small summary."""
+    from face3d.procedural import EXPRESSION_NAMES
+
+    model, camera = _WORKER["model"], _WORKER["camera"]
+    motion = MotionParams(**settings["motion"])
+    seed, num_frames, size = settings["seed"], settings["num_frames"], settings["image_size"]
+    id_rng = np.random.default_rng([seed, job.identity_index])
+    person = identity_params(model, id_rng, motion)
+    background = random_background(size, id_rng)
+    clip_rng = np.random.default_rng([seed, job.identity_index, job.clip_index, 1])
+    audio_seed = int(clip_rng.integers(2**31))
+    wave = audio_lib.speech(num_frames / audio_lib.VIDEO_FPS, audio_seed, use_espeak=settings["use_espeak"])
+    wave = audio_lib.fit_length(wave, num_frames * audio_lib.SAMPLES_PER_FRAME)
+    exp = mouth_expression(
+        audio_lib.frame_features(wave, num_frames), EXPRESSION_NAMES, motion, person["style"]
+    )
+    exp[:, EXPRESSION_NAMES.index("blink")] = blink_track(num_frames, clip_rng, motion.blink_interval_s)
+    exp[:, EXPRESSION_NAMES.index("smile")] = 0.3 * np.clip(
+        np.sin(np.linspace(0, clip_rng.uniform(1, 4), num_frames)), 0, 1
+    )
+    exp[:, EXPRESSION_NAMES.index("brows_raise")] = (
+        0.4 * exp[:, EXPRESSION_NAMES.index("jaw_open")] * clip_rng.uniform()
+    )
+    angles = head_pose(num_frames, clip_rng, motion)
+    coeffs = model.join_coeffs(
+        id=torch.from_numpy(np.tile(person["id"], (num_frames, 1))),
+        exp=torch.from_numpy(exp),
+        tex=torch.from_numpy(np.tile(person["tex"], (num_frames, 1))),
+        angle=torch.from_numpy(angles),
+        gamma=torch.from_numpy(np.tile(person["gamma"], (num_frames, 1))),
+        trans=torch.from_numpy(np.tile(person["trans"], (num_frames, 1))),
+    )
+    with torch.no_grad():
+        landmarks = model.landmarks_2d(coeffs, camera).numpy()
+        image, mask = render_faces(model, camera, coeffs, settings["render_batch"])
+        video = (image * mask + background * (1 - mask)) * 255
+    video = video.round().astype(np.uint8)
+    path = Path(job.path)
+    write_mp4(path, video, wave, fps=audio_lib.VIDEO_FPS, crf=settings["crf"])
+    gt_tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(
+        gt_tmp,
+        coeffs=coeffs.numpy().astype(np.float32),
+        landmarks=landmarks.astype(np.float32),
+        image_size=np.int64(size),
+        camera=np.array([camera.image_size, camera.focal, camera.center, camera.distance], dtype=np.float64),
+        audio_seed=np.int64(audio_seed),
+    )
+    os.replace(gt_tmp, path.with_suffix(".npz"))
+    return {"path": str(path), "frames": num_frames}
+
+
+def clip_path(root: Path, identity: str, clip_index: int) -> Path:
+    return root / "mp4" / identity / f"syn{clip_index:04d}" / "00001.mp4"
+
+
+def generate_synthetic_corpus(
+    output_dir: str | os.PathLike,
+    face_model: Mapping[str, Any],
+    num_identities: int = 8,
+    clips_per_identity: int = 2,
+    num_frames: int = 50,
+    image_size: int = 160,
+    seed: int = 0,
+    split_fractions: Mapping[str, float] | None = None,
+    use_espeak: bool = True,
+    camera: Mapping[str, float] | None = None,
+    motion: Mapping[str, Any] | None = None,
+    render_batch: int = 25,
+    crf: int = 18,
+    num_workers: int = 0,
+    torch_threads: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes the corpus under `output_dir` (see the module docstring); clips already on disk are kept
+    unless `overwrite`. `num_workers` > 0 renders clips in that many spawned processes (each with
+    `torch_threads` threads when set). Returns {num_clips, num_frames, seconds, splits}."""
+    start = time.perf_counter()
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    identities = [f"id{i:05d}" for i in range(num_identities)]
+    splits = split_identities(
+        identities, split_fractions or {"train": 0.75, "val": 0.125, "test": 0.125}, seed
+    )
+    tmp = root / (SPLITS_FILE + ".tmp")
+    tmp.write_text(json.dumps(splits, indent=1))
+    os.replace(tmp, root / SPLITS_FILE)
+    jobs = [
+        ClipJob(i, j, str(clip_path(root, identity, j)))
+        for i, identity in enumerate(identities)
+        for j in range(clips_per_identity)
+        if overwrite
+        or not (
+            clip_path(root, identity, j).exists()
+            and clip_path(root, identity, j).with_suffix(".npz").exists()
+        )
+    ]
+    settings = {
+        "seed": seed,
+        "num_frames": num_frames,
+        "image_size": image_size,
+        "use_espeak": use_espeak,
+        "motion": dict(motion or {}),
+        "render_batch": render_batch,
+        "crf": crf,
+    }
+    setup_args = (dict(face_model), image_size, dict(camera or {}), torch_threads)
+    if num_workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(
+            num_workers, mp_context=get_context("spawn"), initializer=_worker_setup, initargs=setup_args
+        ) as pool:
+            list(pool.map(render_clip, jobs, [settings] * len(jobs)))
+    else:
+        _worker_setup(*setup_args[:3], None)
+        for job in jobs:
+            render_clip(job, settings)
+    seconds = time.perf_counter() - start
+    total = num_identities * clips_per_identity
+    log.info("synthetic corpus: %d clips (%d rendered now) in %s, %.1f s", total, len(jobs), root, seconds)
+    return {
+        "num_clips": total,
+        "rendered": len(jobs),
+        "num_frames": len(jobs) * num_frames,
+        "seconds": seconds,
+        "splits": splits,
+    }
+
+
+def generate_corpus(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`python run.py task=synthesize data=synthetic`: reads the `synthetic` node of the data config."""
+    from omegaconf import OmegaConf
+
+    node = data_cfg["synthetic"]
+    options = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    return generate_synthetic_corpus(**options)

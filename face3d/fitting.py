@@ -1,0 +1,168 @@
+"""Per-clip 3DMM coefficient fitting to 68 landmarks, with optional photometric refinement.
+
+Identity (and texture) are shared by every frame of a clip; expression, pose and lighting are per frame.
+The energy follows the landmark + prior terms of Deng et al. 2019 (Deep3DFaceRecon), plus a temporal
+smoothness term over consecutive frames (a clip is one shot of one person):
+
+    E = mean_t,k w_k |proj(lm_k; coeffs_t) - obs_tk|^2          (px^2 at 224 px, so numbers are size-free)
+        + w_id |alpha|^2 + w_exp mean_t |beta_t|^2
+        + w_smooth mean_t (|beta_t - beta_{t-1}|^2 + |pose_t - pose_{t-1}|^2)
+        [+ w_photo mean |I_t - R(coeffs_t)| over the face + w_tex |delta|^2 + w_gamma mean_t |gamma_t|^2]
+
+Optimised with Adam over all frames at once: a rigid stage (pose only) from a closed-form initial
+translation, then all landmark terms, then (if images are given and `photometric_steps` > 0)
+texture and lighting through the renderer with the landmark terms still on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from face3d.camera import PerspectiveCamera
+from face3d.morphable_model import COEFF_DIMS, MorphableModel
+
+REFERENCE_SIZE = 224  # landmark errors are measured in pixels at this resolution
+
+
+@dataclass
+class FitResult:
+    """coeffs (T, 257); landmarks (T, 68, 2) reprojected in the input's pixels; per-frame mean error in px."""
+
+    coeffs: torch.Tensor
+    landmarks: torch.Tensor
+    landmark_error: torch.Tensor
+    photometric_error: torch.Tensor | None = None
+
+    @property
+    def mean_landmark_error(self) -> float:
+        return float(self.landmark_error.mean())
+
+
+def initial_pose(model: MorphableModel, camera: PerspectiveCamera, landmarks: torch.Tensor) -> torch.Tensor:
+    """Translations (T, 3) that put the mean face's landmarks at the observed centroid and scale (no rotation)."""
+    zeros = landmarks.new_zeros(1, sum(COEFF_DIMS.values()))
+    mean_lm = model.landmarks_3d(zeros)[0]  # (68, 3) world
+    spread_model = (mean_lm[:, :2] - mean_lm[:, :2].mean(0)).norm(dim=-1).mean()
+    centre = landmarks.mean(1)  # (T, 2)
+    spread_obs = (landmarks - centre[:, None]).norm(dim=-1).mean(1)  # (T,)
+    depth = camera.focal * spread_model / spread_obs  # camera depth of the landmark centroid
+    tz = camera.distance - depth - mean_lm[:, 2].mean()
+    tx = (centre[:, 0] - camera.center) * depth / camera.focal - mean_lm[:, 0].mean()
+    ty = (camera.center - centre[:, 1]) * depth / camera.focal - mean_lm[:, 1].mean()
+    return torch.stack([tx, ty, tz], dim=-1)
+
+
+def fit_landmarks(
+    model: MorphableModel,
+    camera: PerspectiveCamera,
+    landmarks: torch.Tensor,
+    images: torch.Tensor | None = None,
+    rigid_steps: int = 50,
+    steps: int = 300,
+    photometric_steps: int = 0,
+    lr: float = 0.03,
+    photometric_lr: float = 0.01,
+    w_id: float = 1e-3,
+    w_exp: float = 1e-3,
+    w_smooth: float = 0.1,
+    w_photo: float = 200.0,
+    w_tex: float = 1e-3,
+    w_gamma: float = 1e-2,
+    landmark_weights: torch.Tensor | None = None,
+) -> FitResult:
+    """Fit one clip: landmarks (T, 68, 2) in `camera` pixels -> FitResult with coeffs (T, 257).
+
+    `images` (T, 3, H, W) in [0, 1], aligned with the landmarks (any H = W: the camera is resized),
+    enables the photometric refinement of texture and lighting for `photometric_steps` steps.
+    `landmark_weights` (68,) weight individual landmarks (e.g. lower the jaw line for profile views).
+    Iteration counts and weights are config values (conf/face_model/*.yaml, key `fitting`).
+    """
+    if landmarks.dim() != 3 or landmarks.shape[1:] != (68, 2):
+        raise ValueError(f"landmarks must be (T, 68, 2), got {tuple(landmarks.shape)}")
+    device, frames = landmarks.device, landmarks.shape[0]
+    obs = landmarks.detach().float()
+    px_scale = REFERENCE_SIZE / camera.image_size
+    weights = torch.ones(68, device=device) if landmark_weights is None else landmark_weights.to(device).float()
+    weights = weights / weights.mean()
+
+    with torch.no_grad():
+        trans0 = initial_pose(model, camera, obs)
+    params = {
+        "id": torch.zeros(1, COEFF_DIMS["id"], device=device, requires_grad=True),
+        "exp": torch.zeros(frames, COEFF_DIMS["exp"], device=device, requires_grad=True),
+        "angle": torch.zeros(frames, 3, device=device, requires_grad=True),
+        "trans": trans0.clone().requires_grad_(True),
+        "tex": torch.zeros(1, COEFF_DIMS["tex"], device=device, requires_grad=True),
+        "gamma": torch.zeros(frames, COEFF_DIMS["gamma"], device=device, requires_grad=True),
+    }
+
+    def coeffs() -> torch.Tensor:
+        return model.join_coeffs(
+            id=params["id"].expand(frames, -1),
+            exp=params["exp"],
+            tex=params["tex"].expand(frames, -1),
+            angle=params["angle"],
+            gamma=params["gamma"],
+            trans=params["trans"],
+        )
+
+    def landmark_energy(c: torch.Tensor, with_shape_terms: bool) -> torch.Tensor:
+        err = ((model.landmarks_2d(c, camera) - obs) * px_scale).pow(2).sum(-1)  # (T, 68) px^2 at 224
+        energy = (err * weights).mean()
+        if frames > 1:
+            pose = torch.cat([params["angle"], params["trans"]], dim=-1)
+            energy = energy + w_smooth * (pose[1:] - pose[:-1]).pow(2).sum(-1).mean()
+        if with_shape_terms:
+            energy = energy + w_id * params["id"].pow(2).sum() + w_exp * params["exp"].pow(2).sum(-1).mean()
+            if frames > 1:
+                energy = energy + w_smooth * (params["exp"][1:] - params["exp"][:-1]).pow(2).sum(-1).mean()
+        return energy
+
+    def run(names: list[str], count: int, rate: float, energy_fn) -> None:
+        if count <= 0:
+            return
+        optimiser = torch.optim.Adam([params[n] for n in names], lr=rate)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=count, eta_min=rate * 0.05)
+        for _ in range(count):
+            optimiser.zero_grad(set_to_none=True)
+            energy_fn().backward()
+            optimiser.step()
+            schedule.step()
+
+    run(["angle", "trans"], rigid_steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=False))
+    run(["id", "exp", "angle", "trans"], steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=True))
+
+    photometric_error = None
+    if images is not None and photometric_steps > 0:
+        from face3d.renderer import FaceRenderer
+
+        if images.shape[0] != frames or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+            raise ValueError(f"images must be (T={frames}, 3, S, S), got {tuple(images.shape)}")
+        renderer = FaceRenderer(model, camera.resized(images.shape[-1]))
+        target = images.to(device).float()
+
+        def photo_error(c: torch.Tensor) -> torch.Tensor:
+            out = renderer(c)
+            per_pixel = (out["image"] - target).abs().sum(1, keepdim=True) * out["mask"]
+            return per_pixel.sum((1, 2, 3)) / out["mask"].sum((1, 2, 3)).clamp(min=1.0)  # (T,)
+
+        def photo_energy() -> torch.Tensor:
+            c = coeffs()
+            return (
+                w_photo * photo_error(c).mean()
+                + landmark_energy(c, with_shape_terms=True)
+                + w_tex * params["tex"].pow(2).sum()
+                + w_gamma * params["gamma"].pow(2).sum(-1).mean()
+            )
+
+        run(["tex", "gamma", "exp", "angle", "trans"], photometric_steps, photometric_lr, photo_energy)
+        with torch.no_grad():
+            photometric_error = photo_error(coeffs())
+
+    with torch.no_grad():
+        final = coeffs().detach()
+        projected = model.landmarks_2d(final, camera)
+        error = (projected - obs).norm(dim=-1).mean(-1)
+    return FitResult(coeffs=final, landmarks=projected, landmark_error=error, photometric_error=photometric_error)

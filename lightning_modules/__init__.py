@@ -1,0 +1,2 @@
+"""LightningModules, one per stage: each wires networks (plain nn.Modules in `networks/`), losses,
+optimisers and logging."""

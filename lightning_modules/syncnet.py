@@ -1,0 +1,190 @@
+"""`experiment=syncnet`: train Wav2Lip's lip-sync expert on the shards, and score lip sync with it.
+
+Training follows Wav2Lip's `color_syncnet_train.py` (Prajwal et al. 2020): the cosine similarity of
+the audio and face embeddings is read as the probability that the pair is in sync, with binary
+cross-entropy against 1 for in-sync pairs and 0 for off-sync ones; Adam, lr 1e-4 in Wav2Lip.
+
+Pairs come from one `view: window` batch (T consecutive frames, a mel window starting at each frame):
+for each clip a 5-frame window starts at a random s in [0, T - 5]; the positive is the mel window at
+s, the negative one at a random j with |j - s| >= `min_offset` frames (Wav2Lip draws its negatives
+anywhere in the video; a window of T frames bounds the offset by T - 1). Every clip gives one
+positive and one negative, so the classes are balanced. Validation is deterministic: every face
+window of the batch against every mel window, reported as the class-balanced loss and accuracy (at
+0.5), ROC AUC and the mean in-sync minus off-sync similarity ("separation"), plus the confidence and
+the absolute offset (frames) that `sync_measures` finds on the in-sync clips.
+
+`sync_measures` is the Sync metric other stages log: the SyncNet offset search of Chung & Zisserman
+(2016) as `syncnet_python` computes LSE-C / LSE-D, with this expert's unit embeddings.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import BinaryAUROC
+
+from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window, load_syncnet
+
+__all__ = ["SyncNetModule", "load_syncnet", "sync_probability", "sync_loss", "sync_measures"]
+
+
+def sync_probability(syncnet: SyncNet, frames: Tensor, mel: Tensor) -> Tensor:
+    """(N,) in-sync probability (cosine similarity of the unit embeddings) of 5-frame windows
+    `frames` (N, 5, 3, H, W) RGB in [0, 1] with the mel windows `mel` (N, 80, 16) starting at their
+    first frame."""
+    audio, face = syncnet(mel, face_window(frames))
+    return (audio * face).sum(dim=1)
+
+
+def sync_loss(probability: Tensor, in_sync: Tensor) -> Tensor:
+    """Wav2Lip's `cosine_loss`: binary cross-entropy of the cosine similarity (clamped away from 0 and
+    1 so that the log stays finite) against the in-sync label."""
+    return F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), in_sync.to(probability.dtype))
+
+
+def _window_stack(frames: Tensor, starts: Tensor) -> Tensor:
+    """(B, T, 3, H, W) frames and (B,) window starts -> (B, 5, 3, H, W)."""
+    steps = starts[:, None] + torch.arange(SYNC_FRAMES, device=frames.device)
+    return frames[torch.arange(frames.shape[0], device=frames.device)[:, None], steps]
+
+
+@torch.no_grad()
+def sync_measures(syncnet: SyncNet, frames: Tensor, mel: Tensor, max_offset: int = 15) -> dict[str, Tensor]:
+    """The sync of each clip of a batch, from the distances of its face and audio embeddings at
+    audio offsets -max_offset..max_offset frames (Chung & Zisserman 2016; `syncnet_python`'s
+    LSE-C and LSE-D, used as "Sync" in Wav2Lip and in the main paper).
+
+    frames (B, T, 3, H, W) RGB in [0, 1]; mel (B, T, 80, 16), the mel window starting at each frame
+    (the `view: window` batch). Face windows start at s = 0..T-5; at offset o a face window at s is
+    compared with the audio window at s + o where that lies in the clip, and the Euclidean distances
+    of the unit embeddings are averaged over the clip. `max_offset` is cut to T - 5 (at least one pair
+    per offset). Returns per clip (B,) tensors:
+    - `confidence`: median over offsets minus the minimum of the mean distance (LSE-C; higher = a
+      sharper, better-synced minimum),
+    - `distance`: that minimum (LSE-D; lower is better),
+    - `offset`: the offset of the minimum, in frames (0 for in-sync audio)."""
+    batch, length = frames.shape[:2]
+    if mel.shape[:2] != (batch, length):
+        raise ValueError(f"frames {tuple(frames.shape)} and mel {tuple(mel.shape)} need the same (B, T)")
+    max_offset = min(max_offset, length - SYNC_FRAMES)
+    if max_offset < 1:
+        raise ValueError(f"sync_measures needs windows of at least {SYNC_FRAMES + 1} frames, got {length}")
+    windows = length - SYNC_FRAMES + 1
+    starts = torch.arange(windows, device=frames.device)
+    steps = starts[:, None] + torch.arange(SYNC_FRAMES, device=frames.device)  # (N, 5)
+    faces = frames[:, steps].flatten(0, 1)  # (B N, 5, 3, H, W)
+    audio, face = syncnet(mel.flatten(0, 1), face_window(faces))
+    audio = audio.view(batch, length, -1)
+    face = face.view(batch, windows, -1)
+    distances = torch.cdist(face, audio)  # (B, N, T): face window s against audio window j
+    offsets = torch.arange(-max_offset, max_offset + 1, device=frames.device)
+    audio_index = starts[None, :] + offsets[:, None]  # (O, N)
+    valid = (audio_index >= 0) & (audio_index < length)
+    picked = distances[
+        :, starts[None, :].expand_as(audio_index), audio_index.clamp(0, length - 1)
+    ]  # (B, O, N)
+    mean = (picked * valid).sum(-1) / valid.sum(-1)  # (B, O)
+    minimum, best = mean.min(dim=1)
+    return {
+        "confidence": mean.median(dim=1).values - minimum,
+        "distance": minimum,
+        "offset": offsets[best],
+    }
+
+
+class SyncNetModule(L.LightningModule):
+    """Trains a `SyncNet` on `view: window` batches with `load_frames: true` (T >= `min_offset` + 5)."""
+
+    def __init__(
+        self,
+        net: SyncNet,
+        optimizer: partial[torch.optim.Optimizer],
+        scheduler: partial[torch.optim.lr_scheduler.LRScheduler] | None = None,
+        min_offset: int = 2,
+        max_eval_offset: int = 15,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        if min_offset < 1:
+            raise ValueError(f"min_offset must be at least 1 frame, got {min_offset}")
+        self.syncnet = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.min_offset = min_offset
+        self.max_eval_offset = max_eval_offset
+        self.val_auc = BinaryAUROC()
+
+    def _check(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        if "frames" not in batch:
+            raise KeyError(
+                "SyncNet training needs frames: set data.load_frames=true (conf/experiment/syncnet.yaml)"
+            )
+        frames, mel = batch["frames"], batch["mel"]
+        length = frames.shape[1]
+        if length < SYNC_FRAMES + self.min_offset:
+            raise ValueError(
+                f"windows of {length} frames leave no off-sync audio at >= {self.min_offset} frames; "
+                f"set data.window_frames >= {SYNC_FRAMES + self.min_offset}"
+            )
+        return frames, mel
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        frames, mel = self._check(batch)
+        batch_size, length = frames.shape[:2]
+        device = frames.device
+        starts = torch.randint(0, length - SYNC_FRAMES + 1, (batch_size,), device=device)
+        # An off-sync mel start j with |j - s| >= min_offset, drawn uniformly among the admissible ones.
+        candidates = torch.arange(length, device=device)
+        admissible = (candidates[None, :] - starts[:, None]).abs() >= self.min_offset  # (B, T)
+        negatives = torch.multinomial(admissible.float(), 1).squeeze(1)
+        rows = torch.arange(batch_size, device=device)
+        audio, face = self.syncnet(
+            torch.cat([mel[rows, starts], mel[rows, negatives]]), face_window(_window_stack(frames, starts))
+        )
+        probability = (audio * face.repeat(2, 1)).sum(dim=1)
+        label = torch.cat([torch.ones(batch_size, device=device), torch.zeros(batch_size, device=device)])
+        loss = sync_loss(probability, label)
+        accuracy = ((probability > 0.5) == label.bool()).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", accuracy, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        frames, mel = self._check(batch)
+        batch_size, length = frames.shape[:2]
+        # Every face window s = 0..T-5 against every mel window j: in sync where j = s, off sync
+        # where |j - s| >= min_offset (the pairs in between are neither).
+        windows = length - SYNC_FRAMES + 1
+        starts = torch.arange(windows, device=frames.device)
+        steps = starts[:, None] + torch.arange(SYNC_FRAMES, device=frames.device)
+        audio, face = self.syncnet(mel.flatten(0, 1), face_window(frames[:, steps].flatten(0, 1)))
+        probability = face.view(batch_size, windows, -1) @ audio.view(batch_size, length, -1).transpose(1, 2)
+        offset = (torch.arange(length, device=frames.device)[None, :] - starts[:, None]).abs()  # (N, T)
+        positive = probability[:, offset == 0]
+        negative = probability[:, offset >= self.min_offset]
+        loss = 0.5 * (
+            sync_loss(positive, torch.ones_like(positive)) + sync_loss(negative, torch.zeros_like(negative))
+        )
+        accuracy = 0.5 * ((positive > 0.5).float().mean() + (negative <= 0.5).float().mean())
+        scores = torch.cat([positive.flatten(), negative.flatten()])
+        labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(scores.device)
+        self.val_auc.update(scores, labels.long())
+        log = partial(self.log, on_epoch=True, batch_size=batch_size)
+        log("val/loss", loss, prog_bar=True)
+        log("val/acc", accuracy)
+        log("val/separation", positive.mean() - negative.mean())
+        log("val/auc", self.val_auc, prog_bar=True)
+        measures = sync_measures(self.syncnet, frames, mel, self.max_eval_offset)
+        log("val/sync_conf", measures["confidence"].mean())
+        log("val/sync_offset", measures["offset"].abs().float().mean())
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer=optimizer)}}

@@ -1,0 +1,247 @@
+"""`experiment=teacher`: train the semantic-image teacher, a Wav2Lip generator, and run it.
+
+Training follows Wav2Lip's `wav2lip_train.py` (Prajwal et al. 2020), the variant without the visual
+quality discriminator: the generator re-draws the lower half of five consecutive target faces from
+[the masked target, a reference face of the same clip] and one mel window per frame; the loss is
+(1 - w) L1(generated, target) + w sync, where sync is the frozen expert's BCE of the generated
+window against "in sync". w starts at 0 and becomes `sync_weight` once the validation sync loss has
+dropped below `sync_loss_threshold` (Wav2Lip: 0.01 without the GAN, 0.03 with it in
+`hq_wav2lip_train.py`; threshold 0.75). Adam, lr 1e-4 in Wav2Lip.
+
+Frame timing (a `view: window` batch holds T frames and the mel window starting at each frame): the
+generated frames are i = lead .. lead + 4 with lead = `mel_lead` (1); frame i is conditioned on the mel
+window starting at frame i - lead, as Wav2Lip's `get_segmented_mels` does (its windows start one frame
+before the frame they drive), and the expert sees the window at frame `lead`, the start of the five.
+The reference of each target is the frame `gap` later in the same window, with one gap per clip drawn
+from [`reference_min_gap`, T - lead - 5] (Wav2Lip draws a random "wrong window" of the same video, so
+that the generator cannot copy the target's mouth from its reference).
+
+`generate_semantic_frames` is what preprocessing calls to store the semantic images of the main paper
+(seed 002, section 1.2) for a clip.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window, load_syncnet
+from lightning_modules.networks.wav2lip import IMAGE_SIZE, Wav2LipGenerator, load_wav2lip, mask_lower_half
+from lightning_modules.syncnet import sync_loss
+
+__all__ = ["Wav2LipTeacherModule", "generate_semantic_frames", "load_wav2lip"]
+
+
+def resize_faces(images: Tensor, size: int = IMAGE_SIZE) -> Tensor:
+    """(N, 3, H, W) -> (N, 3, size, size), antialiased bilinear (a no-op at that size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+
+
+def generator_input(targets: Tensor, references: Tensor) -> Tensor:
+    """(N, 3, H, W) targets and references -> (N, 6, 96, 96): [lower-half-masked target, reference]."""
+    targets, references = resize_faces(targets), resize_faces(references)
+    return torch.cat([mask_lower_half(targets), references], dim=1)
+
+
+class Wav2LipTeacherModule(L.LightningModule):
+    """Trains a `Wav2LipGenerator` against a frozen SyncNet on `view: window` batches with
+    `load_frames: true`. The expert is loaded from `syncnet_checkpoint` (an `experiment=syncnet`
+    checkpoint or the official `lipsync_expert.pth`) when training starts."""
+
+    def __init__(
+        self,
+        generator: Wav2LipGenerator,
+        optimizer: partial[torch.optim.Optimizer],
+        syncnet_checkpoint: str,
+        scheduler: partial[torch.optim.lr_scheduler.LRScheduler] | None = None,
+        sync_weight: float = 0.01,
+        sync_loss_threshold: float = 0.75,
+        mel_lead: int = 1,
+        reference_min_gap: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["generator", "optimizer", "scheduler"])
+        if not 0.0 <= sync_weight < 1.0:
+            raise ValueError(f"sync_weight must lie in [0, 1), got {sync_weight}")
+        self.generator = generator
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.syncnet_checkpoint = syncnet_checkpoint
+        self.sync_weight = sync_weight
+        self.sync_loss_threshold = sync_loss_threshold
+        self.mel_lead = mel_lead
+        self.reference_min_gap = reference_min_gap
+        self.syncnet: SyncNet | None = None
+        # The validation sync loss of the epoch (synced over ranks), which drives the switch below.
+        self.val_sync = MeanMetric()
+        # Whether the sync term is on: a buffer, so that a resumed run keeps Wav2Lip's switch.
+        self.register_buffer("sync_active", torch.tensor(False))
+
+    def setup(self, stage: str) -> None:
+        """Load the frozen expert (not in __init__, so that configs instantiate without the file)."""
+        if self.syncnet is None:
+            self.syncnet = load_syncnet(self.syncnet_checkpoint)
+
+    def train(self, mode: bool = True) -> Wav2LipTeacherModule:
+        """Keep the frozen expert in eval mode (its batch-norm statistics are part of it)."""
+        super().train(mode)
+        if self.syncnet is not None:
+            self.syncnet.eval()
+        return self
+
+    def _generate(self, batch: dict[str, Any], gaps: Tensor) -> tuple[Tensor, Tensor]:
+        """The generated and the target faces, (B, 5, 3, 96, 96) each, for the reference gaps (B,)."""
+        frames, mel = batch["frames"], batch["mel"]
+        batch_size = frames.shape[0]
+        lead = self.mel_lead
+        rows = torch.arange(batch_size, device=frames.device)[:, None]
+        steps = torch.arange(SYNC_FRAMES, device=frames.device)[None, :]
+        targets = frames[:, lead : lead + SYNC_FRAMES]
+        references = frames[rows, lead + steps + gaps[:, None]]
+        faces = generator_input(targets.flatten(0, 1), references.flatten(0, 1))
+        generated = self.generator(mel[:, :SYNC_FRAMES].flatten(0, 1), faces)
+        shape = (batch_size, SYNC_FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return generated.view(shape), resize_faces(targets.flatten(0, 1)).view(shape)
+
+    def _max_gap(self, batch: dict[str, Any]) -> int:
+        if "frames" not in batch:
+            raise KeyError(
+                "teacher training needs frames: set data.load_frames=true (conf/experiment/teacher.yaml)"
+            )
+        length = batch["frames"].shape[1]
+        max_gap = length - self.mel_lead - SYNC_FRAMES
+        if max_gap < self.reference_min_gap:
+            raise ValueError(
+                f"windows of {length} frames leave no reference >= {self.reference_min_gap} frames from the "
+                f"targets; set data.window_frames >= {self.mel_lead + SYNC_FRAMES + self.reference_min_gap}"
+            )
+        return max_gap
+
+    def _losses(self, batch: dict[str, Any], gaps: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        generated, targets = self._generate(batch, gaps)
+        l1 = F.l1_loss(generated, targets)
+        weight = self.sync_weight if bool(self.sync_active) else 0.0
+        # Without weight the expert only reports (no graph through it), as Wav2Lip skips it then.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+            probability = self._expert_probability(generated, batch["mel"][:, self.mel_lead])
+        sync = sync_loss(probability, torch.ones_like(probability))
+        return {"loss": (1.0 - weight) * l1 + weight * sync, "l1": l1, "sync": sync}, generated
+
+    def _expert_probability(self, generated: Tensor, mel: Tensor) -> Tensor:
+        if self.syncnet is None:
+            raise RuntimeError("the SyncNet expert is loaded in setup(); call it first")
+        audio, face = self.syncnet(mel, face_window(generated))
+        return (audio * face).sum(dim=1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        max_gap = self._max_gap(batch)
+        batch_size = batch["frames"].shape[0]
+        gaps = torch.randint(self.reference_min_gap, max_gap + 1, (batch_size,), device=self.device)
+        losses, _ = self._losses(batch, gaps)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        self.log("train/sync_weight", float(self.sync_weight if bool(self.sync_active) else 0.0))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        max_gap = self._max_gap(batch)
+        batch_size = batch["frames"].shape[0]
+        gaps = torch.full((batch_size,), max_gap, device=self.device)
+        losses, _ = self._losses(batch, gaps)
+        self.val_sync.update(losses["sync"], weight=batch_size)
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+
+    def on_validation_epoch_end(self) -> None:
+        """Wav2Lip's switch: once the generated faces fool the expert well enough, turn the sync term on."""
+        sync = float(self.val_sync.compute())
+        self.val_sync.reset()
+        if not self.trainer.sanity_checking and sync < self.sync_loss_threshold:
+            self.sync_active.fill_(True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer(params=self.generator.parameters())
+        if self.scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer=optimizer)}}
+
+
+def _as_float_nchw(frames: np.ndarray | Tensor) -> tuple[Tensor, bool, bool]:
+    """frames (T, H, W, 3) or (T, 3, H, W), uint8 in [0, 255] or float in [0, 1] -> float (T, 3, H, W),
+    whether the input was channels-last, and whether it was uint8."""
+    tensor = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if tensor.dim() != 4 or 3 not in (tensor.shape[1], tensor.shape[-1]):
+        raise ValueError(f"frames must be (T, H, W, 3) or (T, 3, H, W), got {tuple(tensor.shape)}")
+    channels_last = tensor.shape[-1] == 3 and tensor.shape[1] != 3
+    is_uint8 = tensor.dtype == torch.uint8
+    tensor = tensor.permute(0, 3, 1, 2) if channels_last else tensor
+    tensor = tensor.float() / 255.0 if is_uint8 else tensor.float()
+    return tensor, channels_last, is_uint8
+
+
+@torch.no_grad()
+def generate_semantic_frames(
+    generator: Wav2LipGenerator,
+    frames: np.ndarray | Tensor,
+    mel: np.ndarray | Tensor,
+    references: np.ndarray | Tensor | None = None,
+    mel_lead: int = 1,
+    output_size: int | None = None,
+    batch_size: int = 32,
+) -> np.ndarray | Tensor:
+    """The teacher's frames for one clip: each face with its lower half re-drawn for the audio.
+
+    Args:
+        generator: a `Wav2LipGenerator`, e.g. `load_wav2lip(path)` of an official `wav2lip.pth` /
+            `wav2lip_gan.pth` or of an `experiment=teacher` checkpoint (load it once per corpus).
+        frames: the clip's face crops, (T, H, W, 3) or (T, 3, H, W), RGB, uint8 in [0, 255] or float
+            in [0, 1].
+        mel: (T, 80, 16), the mel window starting at each frame (as `view: window` batches carry it).
+            Frame t is driven by the window of frame t - `mel_lead` (clamped at 0), the timing the
+            teacher is trained with.
+        references: faces shown to the generator as its reference, same layout as `frames`; by default
+            the clip rolled by half its length, so that a frame's own mouth never reaches the generator
+            (the semantic image must follow the audio, not copy the frame).
+        output_size: side of the returned frames; default: the input's H x W.
+        batch_size: frames per generator call.
+
+    Returns the T generated frames in the layout and dtype of `frames` (uint8 stays uint8; numpy stays
+    numpy). The generator runs in eval mode on the device of its parameters."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    was_numpy = isinstance(frames, np.ndarray)
+    faces, channels_last, is_uint8 = _as_float_nchw(frames)
+    length, height, width = faces.shape[0], faces.shape[2], faces.shape[3]
+    mel = torch.as_tensor(np.asarray(mel) if isinstance(mel, np.ndarray) else mel).float()
+    if mel.shape != (length, 80, 16):
+        raise ValueError(f"mel must be ({length}, 80, 16) for {length} frames, got {tuple(mel.shape)}")
+    if references is None:
+        refs = faces.roll(shifts=length // 2, dims=0)
+    else:
+        refs = _as_float_nchw(references)[0]
+        if refs.shape[0] != length:
+            raise ValueError(f"references must have one face per frame ({length}), got {refs.shape[0]}")
+    driving = mel[(torch.arange(length) - mel_lead).clamp(min=0)]
+    outputs = []
+    for start in range(0, length, batch_size):
+        chunk = slice(start, start + batch_size)
+        inputs = generator_input(faces[chunk].to(device), refs[chunk].to(device))
+        outputs.append(generator(driving[chunk].to(device), inputs).cpu())
+    out = torch.cat(outputs)
+    size = (output_size, output_size) if output_size is not None else (height, width)
+    if out.shape[-2:] != size:
+        out = F.interpolate(out, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    if is_uint8:
+        out = (out * 255.0).round().to(torch.uint8)
+    if channels_last:
+        out = out.permute(0, 2, 3, 1).contiguous()
+    return out.numpy() if was_numpy else out

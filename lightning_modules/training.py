@@ -1,0 +1,163 @@
+"""What `run.py` runs: the train / test / predict tasks and the data tasks, from one composed config.
+
+Follows the lightning-hydra-template flow (instantiate data, model, callbacks, loggers, trainer from
+config; return the optimised metric), with three of its known traps closed:
+- run directories are deterministic (conf/hydra/default.yaml), so `ckpt_path=last` and a requeued
+  SLURM job find the checkpoints of the run they continue;
+- under a `-m` sweep, DDP child processes re-run *this job*, not the whole sweep
+  (`_pin_ddp_children_to_this_job`);
+- the W&B run is always finished, also when training raises, so an offline run directory is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+def register_resolvers() -> None:
+    """Config resolvers used in conf/ (registered once, before Hydra composes)."""
+    if not OmegaConf.has_resolver("stable_id"):
+        # A W&B run id that is the same for the same run directory: resumes continue the W&B run.
+        OmegaConf.register_new_resolver(
+            "stable_id", lambda text: hashlib.sha1(str(text).encode()).hexdigest()[:12]
+        )
+    if not OmegaConf.has_resolver("gpus_per_node"):
+        # SLURM GPUs per node follow the trainer: one per device on GPU, none on CPU.
+        OmegaConf.register_new_resolver(
+            "gpus_per_node", lambda accelerator, devices: int(devices) if accelerator == "gpu" else 0
+        )
+
+
+def run_task(cfg: DictConfig) -> float | None:
+    """Dispatch on `cfg.task`; returns the optimised metric for train / test, None otherwise."""
+    tasks: dict[str, Callable[[DictConfig], float | None]] = {
+        "train": fit_and_evaluate,
+        "test": fit_and_evaluate,
+        "predict": fit_and_evaluate,
+        "synthesize": _synthesize,
+        "preprocess": _preprocess,
+    }
+    if cfg.task not in tasks:
+        raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+    return tasks[cfg.task](cfg)
+
+
+def _synthesize(cfg: DictConfig) -> None:
+    from datamodules.synthetic import generate_corpus
+
+    generate_corpus(cfg.data)
+
+
+def _preprocess(cfg: DictConfig) -> None:
+    from datamodules.preprocess import preprocess_corpus
+
+    preprocess_corpus(cfg.data)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a dict-shaped config group (callbacks, logger)."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def slurm_plugins() -> list[Any]:
+    """Lightning owns SLURM requeue (see conf/hydra/launcher/slurm.yaml): it handles the SIGUSR2 that
+    submitit's sbatch script asks for, saves an hpc checkpoint and requeues the job."""
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2)]
+    return []
+
+
+def _pin_ddp_children_to_this_job() -> None:
+    """Lightning starts DDP ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir` set to the run
+    dir. Inside a `-m` sweep that would re-run the whole sweep in fresh directories; so make argv the
+    overrides of this job and the run dir this job's directory."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer) -> None:
+    """Send the whole resolved config and the parameter counts to every logger."""
+    if not trainer.loggers:
+        return
+    params = dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    params["params/total"] = sum(p.numel() for p in model.parameters())
+    params["params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+
+
+def _finish_wandb(failed: bool) -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def fit_and_evaluate(cfg: DictConfig) -> float | None:
+    """`task=train` fits (then tests if `test_after_train`); `task=test` / `task=predict` evaluate the
+    checkpoint in `ckpt_path`."""
+    L.seed_everything(cfg.seed, workers=True)
+    _pin_ddp_children_to_this_job()
+
+    log.info("data: %s | model: %s", cfg.data.get("_target_"), cfg.model.get("_target_"))
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_group(cfg.get("callbacks")),
+        logger=instantiate_group(cfg.get("logger")) or False,
+        plugins=slurm_plugins() or None,
+    )
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    log.info(
+        "rank %d of %d (cluster environment: %s)",
+        trainer.global_rank,
+        trainer.world_size,
+        type(environment).__name__ if environment else "none",
+    )
+    failed = True
+    try:
+        log_hyperparameters(cfg, model, trainer)
+        if cfg.task == "train":
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            train_metrics = dict(trainer.callback_metrics)
+            if cfg.get("test_after_train"):
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            metrics = {**train_metrics, **trainer.callback_metrics}
+        elif cfg.task == "test":
+            trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            metrics = dict(trainer.callback_metrics)
+        else:
+            trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            metrics = {}
+        failed = False
+    finally:
+        _finish_wandb(failed)
+
+    value = metrics.get(cfg.optimized_metric)
+    if value is None:
+        log.warning("optimized_metric %r was not logged (have: %s)", cfg.optimized_metric, sorted(metrics))
+        return None
+    return float(value)

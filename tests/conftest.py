@@ -1,0 +1,65 @@
+"""Shared fixtures.
+
+`tiny_corpus` (session scope): a tiny synthetic corpus (4 identities x 1 clip x 30 frames at 160 px,
+splits 2 train / 1 val / 1 test by identity) generated and preprocessed into shards once per test
+session, in a temporary directory. It goes through the real pipeline: PyTorch3D renders, H.264/AAC
+mp4 files, decord decoding, dlib detection, FOMM-style cropping, 3DMM fitting, I_3D rendering, the
+shard writer. Use its fields:
+    tiny_corpus.raw_dir    the synthetic corpus (mp4/idXXXXX/<video>/00001.mp4 + 00001.npz ground truth)
+    tiny_corpus.shard_dir  shard_dir/{train,val,test} litdata datasets + shard_dir/manifest.jsonl
+    tiny_corpus.work_dir   per-clip results of the preprocessing run
+    tiny_corpus.summary    what `run_preprocessing` returned
+    tiny_corpus.settings   the PreprocessSettings used (a dataclass; `dataclasses.replace` it for variants)
+For a config-driven test: `data.shard_dir=<tiny_corpus.shard_dir>`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("SYNERGYDUB_ROOT", str(Path(__file__).resolve().parents[1]))
+
+TINY_CORPUS = {"num_identities": 4, "clips_per_identity": 1, "num_frames": 30, "image_size": 160, "seed": 7}
+TINY_CROP = 128
+
+
+@dataclass(frozen=True)
+class TinyCorpus:
+    raw_dir: Path
+    shard_dir: Path
+    work_dir: Path
+    summary: dict[str, Any]
+    settings: Any
+
+
+def tiny_settings(raw_dir: Path, shard_dir: Path, work_dir: Path, num_workers: int = 0):
+    """Preprocessing settings for the tiny synthetic corpus (the synthetic data config's numbers,
+    with the shorter tube minimum the 30-frame clips need)."""
+    from datamodules.preprocess import ClipOptions, PreprocessSettings
+
+    return PreprocessSettings(
+        corpus="synthetic",
+        input_dir=str(raw_dir),
+        shard_dir=str(shard_dir),
+        work_dir=str(work_dir),
+        clip=ClipOptions(crop_size=TINY_CROP, min_frames=20, increase=0.25, min_face_size=64),
+        num_workers=num_workers,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> TinyCorpus:
+    from datamodules.preprocess import run_preprocessing
+    from datamodules.synthetic import generate_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    raw, shards, work = root / "raw", root / "shards", root / "work"
+    generate_synthetic_corpus(raw, face_model={}, **TINY_CORPUS)
+    settings = tiny_settings(raw, shards, work)
+    summary = run_preprocessing(settings)
+    return TinyCorpus(raw_dir=raw, shard_dir=shards, work_dir=work, summary=summary, settings=settings)

@@ -1,0 +1,58 @@
+"""Shared by the tests that run the suite the way a user does: composed configs and `python run.py`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+os.environ.setdefault("SYNERGYDUB_ROOT", str(ROOT))
+
+
+def experiment_names() -> list[str]:
+    """Every experiment config, e.g. `stage1`, `ablation/a2e_no_shape`."""
+    return sorted(
+        str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
+        for p in (CONF_DIR / "experiment").rglob("*.yaml")
+    )
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real config, composed as `run.py` would, with its output directory at `output_dir`."""
+    from lightning_modules.training import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def run_cli(
+    args: list[str], timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a subprocess; fails the test with the output's tail if it fails."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"run.py {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc

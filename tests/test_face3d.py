@@ -1,0 +1,365 @@
+"""Tests of the 3D face layer (face3d): model, camera, renderer, BFM loader, fitting, regressor, dlib."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from scipy.io import savemat
+
+import face3d
+from face3d.morphable_model import NUM_COEFFS, vertex_face_buffer
+from face3d.procedural import EXPRESSION_NAMES, dlib_landmark_predictor_path, generate_procedural_arrays
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "face_model"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("face_cache")
+
+
+@pytest.fixture(scope="module")
+def model(cache_dir) -> face3d.MorphableModel:
+    return face3d.build_face_model("procedural", cache_dir=cache_dir)
+
+
+def coeffs_with(batch: int = 1, **groups: torch.Tensor) -> torch.Tensor:
+    return face3d.MorphableModel.join_coeffs(**{k: v.expand(batch, -1) for k, v in groups.items()})
+
+
+def test_coefficient_layout_is_deep3dfacerecon():
+    assert list(face3d.COEFF_DIMS.items()) == [
+        ("id", 80),
+        ("exp", 64),
+        ("tex", 80),
+        ("angle", 3),
+        ("gamma", 27),
+        ("trans", 3),
+    ]
+    coeffs = torch.arange(2 * NUM_COEFFS, dtype=torch.float32).view(2, NUM_COEFFS)
+    parts = face3d.MorphableModel.split_coeffs(coeffs)
+    assert parts["exp"][0, 0] == 80 and parts["angle"][0, 0] == 224 and parts["trans"][0, 0] == 254
+    assert torch.equal(face3d.MorphableModel.join_coeffs(**parts), coeffs)
+    with pytest.raises(ValueError, match="257"):
+        face3d.MorphableModel.split_coeffs(torch.zeros(1, 256))
+
+
+def test_procedural_model_is_deterministic_and_cached(model, tmp_path):
+    again = face3d.build_face_model("procedural", cache_dir=tmp_path)  # generated afresh here
+    assert list(tmp_path.glob("procedural_face_*.npz")), "the generated model was not cached"
+    cached = face3d.build_face_model("procedural", cache_dir=tmp_path)
+    for name, buffer in model.state_dict().items():
+        assert torch.equal(buffer, again.state_dict()[name]), name
+        assert torch.equal(buffer, cached.state_dict()[name]), name
+    assert 1000 < model.num_vertices < 2500 and 2000 < model.num_faces < 4500
+    assert torch.equal(model.keypoints, torch.arange(68))
+
+
+def test_camera_resize_keeps_field_of_view():
+    camera = face3d.PerspectiveCamera()
+    small = camera.resized(192)
+    assert small.image_size == 192
+    assert math.isclose(small.focal, 1015.0 * 192 / 224) and math.isclose(small.center, 96.0)
+    points = torch.tensor([[0.3, -0.2, 0.4], [0.0, 0.0, 0.0]])
+    assert torch.allclose(small.project(points), camera.project(points) * 192 / 224, atol=1e-4)
+    assert torch.allclose(camera.project(points)[1], torch.tensor([112.0, 112.0]))
+    # y up in the world is y down in the image.
+    assert camera.project(torch.tensor([[0.0, 0.5, 0.0]]))[0, 1] < 112
+
+
+def test_expression_basis_moves_the_right_parts(model):
+    camera = face3d.PerspectiveCamera()
+
+    def lms(component: str, value: float = 1.0) -> torch.Tensor:
+        exp = torch.zeros(1, 64)
+        exp[0, EXPRESSION_NAMES.index(component)] = value
+        return model.landmarks_2d(coeffs_with(exp=exp), camera)[0]
+
+    rest = lms("jaw_open", 0.0)
+    opening = lambda lm: (lm[66, 1] - lm[62, 1]).item()  # noqa: E731  inner lip gap, px
+    width = lambda lm: (lm[54, 0] - lm[48, 0]).item()  # noqa: E731
+    eye = lambda lm: (lm[41, 1] - lm[37, 1]).item()  # noqa: E731
+    assert abs(opening(rest)) < 0.5, "the rest pose has closed lips"
+    assert opening(lms("jaw_open")) > 6.0
+    assert width(lms("lips_round")) < width(rest) - 4.0
+    assert width(lms("lips_spread")) > width(rest) + 4.0
+    assert (lms("lips_press")[57, 1] - lms("lips_press")[51, 1]) < (rest[57, 1] - rest[51, 1]) - 2.0
+    smile = lms("smile")
+    assert smile[48, 1] < rest[48, 1] - 2.0 and smile[54, 1] < rest[54, 1] - 2.0
+    assert eye(rest) > 3.0 and abs(eye(lms("blink"))) < 0.5
+
+
+def _marker_model(points: torch.Tensor, camera: face3d.PerspectiveCamera, radius_px: float = 1.5):
+    """A tiny triangle facing the camera around each 3D point (its inscribed circle always holds a pixel centre)."""
+    depth = camera.distance - points[:, 2:3]
+    radius = radius_px * depth / camera.focal
+    angles = torch.tensor([90.0, 210.0, 330.0]).deg2rad()
+    offsets = torch.stack([angles.cos(), angles.sin(), torch.zeros(3)], -1)  # counter-clockwise
+    vertices = (points[:, None] + radius[:, None] * offsets).reshape(-1, 3)
+    faces = torch.arange(3 * len(points)).view(-1, 3).numpy()
+    n = len(vertices)
+    return face3d.MorphableModel(
+        mean_shape=vertices.numpy(),
+        id_base=np.zeros((3 * n, 80)),
+        exp_base=np.zeros((3 * n, 64)),
+        mean_tex=np.full((n, 3), 255.0),
+        tex_base=np.zeros((3 * n, 80)),
+        faces=faces,
+        point_buf=vertex_face_buffer(faces, n),
+        keypoints=np.arange(0, n, 3),
+    )
+
+
+def test_render_and_landmark_projection_agree(model):
+    """A marker rendered at each landmark vertex lands within 1 px of its projected 2D landmark."""
+    camera = face3d.PerspectiveCamera()
+    exp = torch.zeros(2, 64)
+    exp[1, 0] = 1.0
+    coeffs = face3d.MorphableModel.join_coeffs(
+        exp=exp,
+        angle=torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.25, 0.05]]),
+        trans=torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.05, 0.3]]),
+    )
+    with torch.no_grad():
+        landmarks = model.landmarks_2d(coeffs, camera)
+        points = model.landmarks_3d(coeffs)
+        face_depth = face3d.FaceRenderer(model, camera)(coeffs)["depth"][:, 0]
+    size = camera.image_size
+    centres = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="xy"), -1) + 0.5
+    for frame in range(2):
+        markers = face3d.FaceRenderer(_marker_model(points[frame], camera), camera)
+        with torch.no_grad():
+            vertices = markers.model(torch.zeros(1, NUM_COEFFS))["vertices"]  # pose 0: world = model frame
+            pix_to_face = markers.rasterize(vertices)[0][0, ..., 0]
+        distances = []
+        for k in range(68):
+            covered = centres[pix_to_face == k]
+            assert len(covered) > 0, f"marker {k} covers no pixel"
+            distances.append((covered.float().mean(0) - landmarks[frame, k]).norm())
+        distances = torch.stack(distances)
+        print(f"render/projection frame {frame}: max {distances.max():.3f} px, mean {distances.mean():.3f} px")
+        assert distances.max() <= 1.0
+    # The rendered face depth at a landmark's pixel is that landmark's camera depth (most are visible).
+    ix = landmarks.long().clamp(0, size - 1)
+    rendered = face_depth[torch.arange(2)[:, None], ix[..., 1], ix[..., 0]]
+    landmark_depth = camera.to_camera(points)[..., 2]
+    assert (rendered - landmark_depth).abs().median() < 0.02
+
+
+def test_tiled_rasterisation_matches_the_naive_one(model):
+    camera = face3d.PerspectiveCamera().resized(96)
+    coeffs = face3d.MorphableModel.join_coeffs(
+        exp=torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 0.5,
+        angle=torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.5, 0.0], [-0.2, -0.3, 0.1]]),
+    )
+    with torch.no_grad():
+        tiled = face3d.FaceRenderer(model, camera, tile_size=32)(coeffs)
+        naive = face3d.FaceRenderer(model, camera, tile_size=0)(coeffs)
+    assert torch.equal(tiled["mask"], naive["mask"])
+    assert torch.allclose(tiled["image"], naive["image"], atol=1e-4)
+    assert torch.allclose(tiled["depth"], naive["depth"], atol=1e-4)
+    assert tiled["image"].shape == (3, 3, 96, 96) and 0.15 < tiled["mask"].mean() < 0.7
+
+
+def test_gradients_reach_every_coefficient_group(model):
+    camera = face3d.PerspectiveCamera().resized(64)
+    renderer = face3d.FaceRenderer(model, camera)
+    coeffs = torch.zeros(2, NUM_COEFFS)
+    coeffs[:, 254:] = torch.tensor([0.02, -0.01, 0.1])
+    coeffs.requires_grad_(True)
+    out = renderer(coeffs)
+    target = torch.rand_like(out["image"], generator=torch.Generator().manual_seed(1))
+    loss = (out["image"] - target).abs().mean() + model.landmarks_2d(coeffs, camera).mean() * 1e-3
+    loss = loss + out["depth"].mean() * 1e-3
+    loss.backward()
+    for name, grad in face3d.MorphableModel.split_coeffs(coeffs.grad).items():
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, f"no gradient reaches {name}"
+    # The image alone (no landmark term) also drives shape and pose through the rasteriser.
+    coeffs.grad = None
+    out = renderer(coeffs)
+    (out["image"] - target).abs().mean().backward()
+    for name in ("id", "exp", "angle", "trans"):
+        assert face3d.MorphableModel.split_coeffs(coeffs.grad)[name].abs().sum() > 0, name
+
+
+def _write_tiny_bfm(path: Path, num_vertices: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """A BFM_model_front.mat-format file: small random bases, MATLAB 1-based indices, BFM's shapes."""
+    rng = np.random.default_rng(seed)
+    side = 10
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2).astype(np.float64)
+    tri = []
+    for j in range(side - 1):
+        for i in range(side - 1):
+            a = j * side + i
+            tri += [[a, a + 1, a + side + 1], [a, a + side + 1, a + side]]
+    tri = np.array(tri)
+    n = num_vertices
+    mean = np.c_[grid / side - 0.5, rng.normal(0, 0.05, n)]
+    arrays = {
+        "meanshape": mean.reshape(1, 3 * n).astype(np.float32),
+        "idBase": rng.normal(0, 0.01, (3 * n, 80)).astype(np.float32),
+        "exBase": rng.normal(0, 0.01, (3 * n, 64)).astype(np.float32),
+        "meantex": rng.uniform(50, 200, (1, 3 * n)).astype(np.float32),
+        "texBase": rng.normal(0, 5, (3 * n, 80)).astype(np.float32),
+        "tri": (tri + 1).astype(np.float64),
+        "point_buf": (vertex_face_buffer(tri, n) + 1).astype(np.float64),
+        "keypoints": (rng.choice(n, 68, replace=False) + 1).astype(np.float64).reshape(1, 68),
+    }
+    savemat(str(path), arrays)
+    return arrays
+
+
+def test_bfm_loader_reads_deep3dfacerecon_format(tmp_path):
+    path = tmp_path / "BFM_model_front.mat"
+    arrays = _write_tiny_bfm(path)
+    model = face3d.build_face_model("bfm", bfm_path=path)
+    n = 100
+    assert model.mean_shape.shape == (n, 3) and model.id_base.shape == (3 * n, 80)
+    assert model.exp_base.shape == (3 * n, 64) and model.tex_base.shape == (3 * n, 80)
+    assert model.faces.shape == (162, 3) and int(model.faces.min()) == 0
+    assert torch.equal(model.keypoints, torch.as_tensor(arrays["keypoints"].reshape(-1) - 1).long())
+    gen = torch.Generator().manual_seed(2)
+    alpha, beta, delta = torch.randn(1, 80, generator=gen), torch.randn(1, 64, generator=gen), torch.randn(1, 80, generator=gen)
+    coeffs = coeffs_with(id=alpha, exp=beta, tex=delta)
+    out = model(coeffs)
+    mean = arrays["meanshape"].reshape(n, 3)
+    expected = mean - mean.mean(0) + (arrays["idBase"] @ alpha[0].numpy() + arrays["exBase"] @ beta[0].numpy()).reshape(n, 3)
+    assert np.allclose(out["vertices"][0].numpy(), expected, atol=1e-4)
+    expected_tex = (arrays["meantex"].reshape(-1) + arrays["texBase"] @ delta[0].numpy()).reshape(n, 3) / 255
+    assert np.allclose(out["albedo"][0].numpy(), expected_tex, atol=1e-4)
+    assert model.landmarks_2d(coeffs, face3d.PerspectiveCamera()).shape == (1, 68, 2)
+    image = face3d.FaceRenderer(model, face3d.PerspectiveCamera().resized(32))(coeffs)["image"]
+    assert image.shape == (1, 3, 32, 32)
+
+
+def test_missing_bfm_file_says_what_and_how(tmp_path):
+    missing = tmp_path / "BFM" / "BFM_model_front.mat"
+    with pytest.raises(FileNotFoundError, match="BFM_model_front.mat") as error:
+        face3d.build_face_model("bfm", bfm_path=missing)
+    assert "Basel Face Model" in str(error.value)
+    bad = tmp_path / "bad.mat"
+    savemat(str(bad), {"meanshape": np.zeros((1, 9))})
+    with pytest.raises(ValueError, match="missing fields"):
+        face3d.build_face_model("bfm", bfm_path=bad)
+
+
+def test_config_instantiates_model_camera_and_fitting(model, cache_dir):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.load(CONF / "procedural.yaml")
+    cfg.cache_dir = str(cache_dir)
+    model = instantiate(cfg)
+    assert isinstance(model, face3d.MorphableModel)
+    assert face3d.PerspectiveCamera(**cfg.camera) == model.camera == face3d.PerspectiveCamera()
+    assert model.fitting["steps"] == cfg.fitting.steps
+    bfm = OmegaConf.load(CONF / "bfm.yaml")
+    assert bfm.source == "bfm" and OmegaConf.to_container(bfm)["bfm_path"].endswith("BFM_model_front.mat")
+
+
+def test_fitting_recovers_known_coefficients(model):
+    """Landmarks of known coefficients -> fit -> reprojection and expression errors (printed)."""
+    camera = face3d.PerspectiveCamera()
+    gen = torch.Generator().manual_seed(0)
+    frames = 8
+    t = torch.arange(frames, dtype=torch.float32)[:, None]
+    amplitude = torch.full((64,), 0.3)
+    amplitude[: len(EXPRESSION_NAMES)] = 0.8
+    phase, speed = torch.rand(64, generator=gen) * 6.28, torch.rand(64, generator=gen) * 0.8
+    truth = face3d.MorphableModel.join_coeffs(
+        id=(torch.randn(1, 80, generator=gen) * 0.7).expand(frames, -1),
+        exp=amplitude * torch.sin(speed * t + phase),
+        angle=torch.tensor([[0.05, -0.2, 0.03]]) + 0.03 * torch.sin(0.4 * t),
+        trans=torch.tensor([[0.05, -0.08, 0.2]]).expand(frames, -1),
+    )
+    landmarks = model.landmarks_2d(truth, camera)
+    fit = face3d.fit_landmarks(model, camera, landmarks, rigid_steps=40, steps=250)
+    exp_error = (fit.coeffs[:, 80:144] - truth[:, 80:144]).abs()
+    lead = len(EXPRESSION_NAMES)
+    print(
+        f"fit: reprojection {fit.mean_landmark_error:.3f} px at 224; |exp error| all {exp_error.mean():.3f} "
+        f"(truth mean |exp| {truth[:, 80:144].abs().mean():.3f}), named {exp_error[:, :lead].mean():.3f}"
+    )
+    assert fit.coeffs.shape == (frames, NUM_COEFFS) and fit.landmarks.shape == (frames, 68, 2)
+    assert fit.mean_landmark_error < 0.5
+    assert exp_error[:, :lead].mean() < 0.2
+    assert exp_error.mean() < 0.75 * truth[:, 80:144].abs().mean()
+    assert (fit.coeffs[:, 224:227] - truth[:, 224:227]).abs().max() < 0.05
+
+
+def test_photometric_refinement_reduces_image_error(model):
+    camera = face3d.PerspectiveCamera().resized(48)
+    gen = torch.Generator().manual_seed(3)
+    truth = face3d.MorphableModel.join_coeffs(
+        tex=(torch.randn(1, 80, generator=gen) * 1.5).expand(2, -1),
+        gamma=torch.randn(2, 27, generator=gen) * 0.1,
+        angle=torch.tensor([[0.0, 0.1, 0.0], [0.0, 0.15, 0.0]]),
+    )
+    with torch.no_grad():
+        images = face3d.FaceRenderer(model, camera)(truth)["image"]
+    landmarks = model.landmarks_2d(truth, camera)
+    before = face3d.fit_landmarks(model, camera, landmarks, images, rigid_steps=20, steps=40, photometric_steps=1)
+    after = face3d.fit_landmarks(model, camera, landmarks, images, rigid_steps=20, steps=40, photometric_steps=25)
+    print(f"photometric error {before.photometric_error.mean():.4f} -> {after.photometric_error.mean():.4f}")
+    assert after.photometric_error.mean() < 0.7 * before.photometric_error.mean()
+
+
+def test_regressor_loads_deep3dfacerecon_state_dict(tmp_path):
+    from face3d.regressor import CoeffRegressor
+
+    torch.manual_seed(0)
+    source = CoeffRegressor().eval()
+    for layer in source.final_layers:
+        torch.nn.init.normal_(layer.weight, std=0.01)
+    state = source.state_dict()
+    assert "backbone.conv1.weight" in state and "final_layers.6.bias" in state
+    assert state["final_layers.1.weight"].shape == (64, 2048, 1, 1)
+    path = tmp_path / "epoch_20.pth"
+    torch.save({"net_recon": state, "epoch": 20}, path)
+    loaded = CoeffRegressor.from_checkpoint(path).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = loaded(images)
+        assert out.shape == (2, NUM_COEFFS) and torch.equal(out, source(images))
+    torch.save({"net_recon": {"fc.weight": torch.zeros(1)}}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="not a Deep3DFaceRecon"):
+        CoeffRegressor.from_checkpoint(tmp_path / "wrong.pth")
+    with pytest.raises(FileNotFoundError, match="epoch_20.pth"):
+        CoeffRegressor.from_checkpoint(tmp_path / "missing" / "epoch_20.pth")
+
+
+def test_dlib_detects_the_rendered_face(model):
+    """Frontal and 30-degree-yaw renders at 160 px on a noisy background: one face, landmarks agree."""
+    import dlib
+
+    camera = face3d.PerspectiveCamera().resized(160)
+    exp = torch.zeros(2, 64)
+    exp[1, EXPRESSION_NAMES.index("jaw_open")] = 1.0
+    coeffs = face3d.MorphableModel.join_coeffs(exp=exp, angle=torch.tensor([[0.0, 0.0, 0.0], [0.0, math.radians(30), 0.0]]))
+    with torch.no_grad():
+        out = face3d.FaceRenderer(model, camera)(coeffs)
+    background = 0.45 + 0.1 * torch.rand(out["image"].shape, generator=torch.Generator().manual_seed(0))
+    frames = out["image"] * out["mask"] + background * (1 - out["mask"])
+    frames = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(dlib_landmark_predictor_path()))
+    projected = model.landmarks_2d(coeffs, camera).numpy()
+    for frame, expected in zip(frames, projected):
+        rects = detector(frame, 1)
+        assert len(rects) == 1, f"dlib found {len(rects)} faces"
+        shape = predictor(frame, rects[0])
+        found = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float32)
+        error = np.linalg.norm(found - expected, axis=1).mean()
+        print(f"dlib vs projected landmarks: {error:.2f} px at 160")
+        assert error < 5.0
+
+
+def test_generation_is_bitwise_repeatable():
+    first, second = generate_procedural_arrays(num_vertices=600), generate_procedural_arrays(num_vertices=600)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert np.array_equal(first[key], second[key]), key

@@ -1,0 +1,270 @@
+"""Preprocessing: the tiny synthetic corpus lands in shards with fitted coefficients near the ground
+truth; every kind of bad input is rejected with its reason while the good clips land; a run killed
+with SIGKILL part-way resumes with no duplicate and no missing clip."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules import audio as audio_lib
+from datamodules.preprocess import discover_clips, run_preprocessing
+from datamodules.preprocess.layout import hashed_split
+from datamodules.preprocess.track import to_crop_pixels
+from datamodules.preprocess.video import decode_frames, write_mp4
+from datamodules.shards import MANIFEST_NAME, ShardReader
+
+from .conftest import TINY_CROP, tiny_settings
+
+
+def read_manifest(shard_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (shard_dir / MANIFEST_NAME).read_text().splitlines()]
+
+
+def shard_clip_ids(shard_dir: Path) -> list[str]:
+    ids = []
+    for split in ("train", "val", "test"):
+        if (shard_dir / split).exists():
+            ids += ShardReader(shard_dir / split).clip_ids()
+    return ids
+
+
+# --- layout ------------------------------------------------------------------------------------------
+
+
+def test_discovers_every_corpus_layout(tmp_path):
+    for rel in (
+        "vox2/dev/mp4/id00012/abcDEF123/00001.mp4",
+        "vox2/test/mp4/id00500/xyz/00002.mp4",
+        "lrw/lipread_mp4/ABOUT/train/ABOUT_00001.mp4",
+        "lrw/lipread_mp4/ABOUT/test/ABOUT_00007.mp4",
+        "vox2/dev/mp4/id00012/abcDEF123/notes.txt",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    vox = discover_clips(tmp_path / "vox2", "voxceleb2")
+    assert [(c.clip_id, c.identity, c.split) for c in vox] == [
+        ("id00012/abcDEF123/00001", "id00012", "train"),
+        ("id00500/xyz/00002", "id00500", "test"),
+    ]
+    lrw = discover_clips(tmp_path / "lrw", "lrw")
+    assert [(c.clip_id, c.split) for c in lrw] == [
+        ("ABOUT/test/ABOUT_00007", "test"),
+        ("ABOUT/train/ABOUT_00001", "train"),
+    ]
+    assert hashed_split("id00042", {"val": 0.5, "test": 0.5}) == hashed_split(
+        "id00042", {"val": 0.5, "test": 0.5}
+    )
+    with pytest.raises(ValueError, match="unknown corpus"):
+        discover_clips(tmp_path, "celeba")
+
+
+# --- the tiny corpus ---------------------------------------------------------------------------------
+
+
+def test_tiny_corpus_lands_in_shards(tiny_corpus):
+    manifest = read_manifest(tiny_corpus.shard_dir)
+    assert len(manifest) == 4
+    assert all(r["status"] == "accepted" for r in manifest), manifest
+    ids = shard_clip_ids(tiny_corpus.shard_dir)
+    assert sorted(ids) == sorted(r["clip_id"] for r in manifest)
+    splits = json.loads((tiny_corpus.raw_dir / "splits.json").read_text())
+    for record in manifest:
+        assert record["split"] == splits[record["identity"]]
+    clip = ShardReader(tiny_corpus.shard_dir / "train")[0]
+    assert clip["image_size"] == TINY_CROP and clip["num_frames"] >= 20
+    assert clip["coeffs"].shape == (clip["num_frames"], 257)
+    assert clip["mfcc"].shape[1] == 13 and clip["mel"].shape[0] == 80
+    assert clip["semantic"] == b""
+
+
+def test_fitted_coefficients_are_near_the_ground_truth(tiny_corpus):
+    """The ground truth lives in the 160 px frame; the fit in the 128 px crop with the canonical camera.
+    Landmarks compare after mapping the truth into the crop; expression and rotation compare directly."""
+    import torch
+
+    import face3d
+    from face3d.procedural import EXPRESSION_NAMES
+
+    model = face3d.build_face_model()
+    mouth = [EXPRESSION_NAMES.index(n) for n in ("jaw_open", "lips_round", "lips_spread", "lips_press")]
+    landmark_errors, exp_errors, exp_scales, angle_errors, jaw_corr = [], [], [], [], []
+    for record in read_manifest(tiny_corpus.shard_dir):
+        reader = ShardReader(tiny_corpus.shard_dir / record["split"])
+        clip = next(c for c in reader if c["clip_id"] == record["clip_id"])
+        truth = np.load(Path(record["source"]).with_suffix(".npz"))
+        start, t = record["start_frame"], clip["num_frames"]
+        true_lm = to_crop_pixels(
+            truth["landmarks"][start : start + t], np.array(record["crop_box"]), TINY_CROP
+        )
+        camera = face3d.PerspectiveCamera().resized(TINY_CROP)
+        fitted_lm = model.landmarks_2d(torch.from_numpy(clip["coeffs"]), camera).numpy()
+        landmark_errors.append(np.linalg.norm(fitted_lm - true_lm, axis=-1).mean())
+        true_exp = truth["coeffs"][start : start + t, 80:144][:, mouth]
+        fit_exp = clip["coeffs"][:, 80:144][:, mouth]
+        exp_errors.append(np.abs(fit_exp - true_exp).mean())
+        exp_scales.append(np.abs(true_exp).mean())
+        angle_errors.append(
+            np.degrees(
+                np.abs(clip["coeffs"][:, 224:227] - truth["coeffs"][start : start + t, 224:227])
+            ).mean()
+        )
+        jaw_true, jaw_fit = true_exp[:, 0], fit_exp[:, 0]
+        if np.ptp(jaw_true) > 0.1:
+            jaw_corr.append(np.corrcoef(jaw_true, jaw_fit)[0, 1])
+    print(
+        f"\nfit vs ground truth, {len(landmark_errors)} clips: landmarks {np.mean(landmark_errors):.2f} px "
+        f"(crop {TINY_CROP} px); mouth expression |error| {np.mean(exp_errors):.3f} (truth mean |value| "
+        f"{np.mean(exp_scales):.3f}); rotation {np.mean(angle_errors):.2f} deg; jaw correlation "
+        f"{np.mean(jaw_corr) if jaw_corr else float('nan'):.2f}"
+    )
+    assert np.mean(landmark_errors) < 4.0
+    assert np.mean(angle_errors) < 6.0
+    assert np.mean(exp_errors) < np.mean(exp_scales)
+    assert not jaw_corr or np.mean(jaw_corr) > 0.5
+
+
+# --- bad inputs --------------------------------------------------------------------------------------
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", *args], check=True)
+
+
+def make_bad_corpus(raw: Path, good: list[Path]) -> dict[str, str]:
+    """A VoxCeleb2-layout folder with the given good clips and one clip per kind of bad input;
+    returns identity -> expected manifest reason (None for the good ones)."""
+    expected = {}
+
+    def target(identity: str) -> Path:
+        path = raw / "mp4" / identity / "vid" / "00001.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    for k, path in enumerate(good):
+        shutil.copy(path, target(f"id9000{k}"))
+        expected[f"id9000{k}"] = "accepted"
+    source = good[0]
+    frames = decode_frames(source)
+    wave = audio_lib.synthesize_speech(len(frames) / 25, seed=1)
+    data = source.read_bytes()
+    target("id10001").write_bytes(data[: len(data) // 2])
+    expected["id10001"] = "corrupt"
+    target("id10002").write_bytes(b"")
+    expected["id10002"] = "empty_file"
+    write_mp4(target("id10003"), frames, None)
+    expected["id10003"] = "no_audio"
+    write_mp4(target("id10004"), frames, wave[: len(wave) // 3])
+    expected["id10004"] = "audio_shorter_than_video"
+    background = np.tile(np.linspace(40, 200, 160, dtype=np.uint8)[None, :, None], (len(frames), 160, 1, 3))
+    write_mp4(target("id10005"), background, wave)
+    expected["id10005"] = "no_face"
+    other = decode_frames(good[1])[: len(frames)]
+    write_mp4(target("id10006"), np.concatenate([frames, other], axis=2), wave)
+    expected["id10006"] = "several_faces"
+    _ffmpeg(
+        "-i",
+        str(source),
+        "-vf",
+        "setpts='if(lt(N,10),N,10+(N-10)*3)/25/TB'",
+        "-fps_mode",
+        "vfr",
+        "-c:a",
+        "copy",
+        str(target("id10007")),
+    )
+    expected["id10007"] = "variable_frame_rate"
+    gray = np.repeat(frames.mean(axis=-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+    write_mp4(target("id10008"), gray, wave)
+    expected["id10008"] = "grayscale"
+    _ffmpeg(
+        "-i",
+        str(source),
+        "-frames:v",
+        "3",
+        "-vf",
+        "scale=3840:2160",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "copy",
+        str(target("id10009")),
+    )
+    expected["id10009"] = "too_large"
+    target("id10010").write_text("this is a subtitle file, not a video\n" * 20)
+    expected["id10010"] = "not_a_video"
+    return expected
+
+
+def test_bad_inputs_are_rejected_with_their_reason(tiny_corpus, tmp_path):
+    good = sorted(tiny_corpus.raw_dir.glob("mp4/id*/*/00001.mp4"))[:2]
+    raw = tmp_path / "raw"
+    expected = make_bad_corpus(raw, good)
+    settings = replace(tiny_settings(raw, tmp_path / "shards", tmp_path / "work"), corpus="voxceleb2")
+    summary = run_preprocessing(settings)
+    manifest = {r["identity"]: r for r in read_manifest(tmp_path / "shards")}
+    got = {
+        identity: (r["status"] if r["status"] == "accepted" else r["reason"])
+        for identity, r in manifest.items()
+    }
+    for identity, record in manifest.items():
+        print(identity, got[identity], record.get("detail", ""))
+    assert got == expected
+    assert sorted(shard_clip_ids(tmp_path / "shards")) == ["id90000/vid/00001", "id90001/vid/00001"]
+    assert summary["rejected"] == {reason: 1 for reason in expected.values() if reason != "accepted"}
+
+
+# --- kill -9 and resume ------------------------------------------------------------------------------
+
+_CHILD = """
+import pickle, sys
+from datamodules.preprocess import run_preprocessing
+run_preprocessing(pickle.loads(bytes.fromhex(sys.argv[1])))
+"""
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(tiny_corpus, tmp_path):
+    raw = tmp_path / "raw"
+    for path in sorted(tiny_corpus.raw_dir.glob("mp4/id*/*/00001.*"))[:6]:  # 3 clips with their npz
+        dest = raw / path.relative_to(tiny_corpus.raw_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    shutil.copy(tiny_corpus.raw_dir / "splits.json", raw / "splits.json")
+    settings = tiny_settings(raw, tmp_path / "shards", tmp_path / "work")
+    clips = discover_clips(raw, "synthetic")
+    assert len(clips) == 3
+    results = tmp_path / "work" / "clips"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, pickle.dumps(settings).hex()], cwd=Path(__file__).parents[1]
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if results.exists() and any(p.suffix == ".pkl" for p in results.iterdir()):
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the child finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done_before = sorted(p.name for p in results.iterdir() if p.suffix == ".pkl")
+    assert 1 <= len(done_before) < 3
+    assert not (tmp_path / "shards" / MANIFEST_NAME).exists()
+    summary = run_preprocessing(settings)
+    assert summary["processed_now"] == 3 - len(done_before)
+    manifest = read_manifest(tmp_path / "shards")
+    assert sorted(r["clip_id"] for r in manifest) == sorted(c.clip_id for c in clips)
+    ids = shard_clip_ids(tmp_path / "shards")
+    assert sorted(ids) == sorted(c.clip_id for c in clips) and len(ids) == len(set(ids))
+    # a third run finds everything done and rewrites identical shards
+    again = run_preprocessing(settings)
+    assert again["processed_now"] == 0 and sorted(shard_clip_ids(tmp_path / "shards")) == sorted(ids)

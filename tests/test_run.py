@@ -1,0 +1,163 @@
+"""The suite run the way a user runs it: `python run.py ...` (or the same composed config in-process),
+on the tiny synthetic corpus, with temporary run directories.
+
+Covers fast_dev_run of every stage, bf16-mixed on CPU, a 2-process DDP run on CPU whose ranks see
+disjoint samples, resume from last.ckpt, a `-m` sweep (with DDP inside it), and a W&B offline run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.training import run_task
+from tests.helpers import compose_config, run_cli
+
+# Stage-1 networks at test size: the real architecture with narrow layers (CPU, 2 cores).
+TINY_STAGE1 = [
+    "model.net.mfcc_channels=[8,8,16,16,16]",
+    "model.net.mfcc_hidden_dim=32",
+    "model.net.image_channels=[8,8,16,16,16]",
+    "model.net.audio_dim=32",
+    "model.net.visual_dim=32",
+    "model.net.model_dim=32",
+    "model.net.lstm_hidden=32",
+    "data.window_frames=8",
+    "data.batch_size=4",
+]
+QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+
+
+@pytest.fixture(scope="module")
+def corpus_args(tiny_corpus) -> list[str]:
+    """Point the data config at the session's tiny preprocessed corpus."""
+    return [f"data.shard_dir={tiny_corpus.shard_dir}", "data.num_workers=0"]
+
+
+def stage_overrides(stage: str) -> list[str]:
+    return {"stage1": TINY_STAGE1, "syncnet": ["data.batch_size=4"], "teacher": ["data.batch_size=2"]}[stage]
+
+
+def read_ledger(run_dir: Path) -> dict[int, list[dict]]:
+    ledger: dict[int, list[dict]] = {}
+    for path in sorted((run_dir / "sample_ledger").glob("rank*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        ledger[records[0]["rank"]] = records
+    return ledger
+
+
+@pytest.mark.parametrize("stage", ["stage1", "syncnet", "teacher"])
+def test_fast_dev_run_of_every_stage(stage: str, corpus_args, tmp_path) -> None:
+    cfg = compose_config(
+        [f"experiment={stage}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
+        + corpus_args
+        + stage_overrides(stage),
+        tmp_path / "run",
+    )
+    run_task(cfg)  # raises on any failure
+
+
+def test_bf16_mixed_on_cpu(corpus_args, tmp_path) -> None:
+    cfg = compose_config(
+        [
+            "experiment=stage1",
+            "debug=fdr",
+            "logger=csv",
+            "trainer.precision=bf16-mixed",
+            f"paths.log_dir={tmp_path}",
+        ]
+        + QUIET
+        + corpus_args
+        + TINY_STAGE1,
+        tmp_path / "run",
+    )
+    loss = run_task(cfg)
+    assert loss is None or torch.isfinite(torch.tensor(loss))
+
+
+def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tmp_path) -> None:
+    run_cli(
+        [
+            "experiment=stage1",
+            "trainer=ddp_cpu",
+            "callbacks=ledger",
+            "logger=csv",
+            "run_name=ddp",
+            "debug=limit",
+        ]
+        + ["trainer.max_epochs=1", "trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", *QUIET]
+        + corpus_args
+        + TINY_STAGE1
+    )
+    run_dir = tmp_path / "train" / "stage1" / "ddp"
+    ledger = read_ledger(run_dir)
+    assert sorted(ledger) == [0, 1], f"expected ranks 0 and 1, got {sorted(ledger)}"
+    seen = [{s for record in ledger[rank] for s in record["samples"]} for rank in (0, 1)]
+    assert seen[0] and seen[1]
+    clips = [{s.split("@")[0] for s in rank_seen} for rank_seen in seen]
+    assert not clips[0] & clips[1], f"ranks shared clips: {clips[0] & clips[1]}"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_path) -> None:
+    common = [
+        "experiment=stage1",
+        "callbacks=ledger",
+        "logger=csv",
+        "run_name=resume",
+        f"paths.log_dir={tmp_path}",
+    ]
+    common += ["trainer.limit_val_batches=1", "callbacks.model_checkpoint.every_n_train_steps=3", *QUIET]
+    common += corpus_args + TINY_STAGE1
+    run_cli([*common, "trainer.max_steps=3"])
+    run_dir = tmp_path / "train" / "stage1" / "resume"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 3
+
+    run_cli([*common, "trainer.max_steps=5", "ckpt_path=last"])
+    steps = [record["step"] for record in read_ledger(run_dir)[0]]
+    assert steps == [1, 2, 3, 4, 5], f"the resumed run should go on from step 3, got steps {steps}"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 5
+
+
+def test_sweep_with_ddp_inside_yields_one_run_per_job(corpus_args, tmp_path) -> None:
+    """`-m` over two learning rates with 2 DDP ranks per job: two job directories, each with its
+    metric, and no stray directories from the DDP child processes (the lightning-hydra-template trap)."""
+    run_cli(
+        ["-m", "experiment=stage1", "model.optimizer.lr=1e-3,2e-3", "trainer=ddp_cpu", "logger=csv"]
+        + ["run_name=sweep", "debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+        + [f"paths.log_dir={tmp_path}", *QUIET]
+        + corpus_args
+        + TINY_STAGE1
+    )
+    stage_dir = tmp_path / "train" / "stage1"
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["sweep_sweep"]
+    sweep_dir = stage_dir / "sweep_sweep"
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        metrics = (sweep_dir / job / "csv" / "metrics.csv").read_text()
+        assert "val/loss" in metrics.splitlines()[0]
+        overrides = (sweep_dir / job / ".hydra" / "overrides.yaml").read_text()
+        assert "model.optimizer.lr" in overrides
+
+
+def test_wandb_offline_run_directory_holds_the_logged_metrics(corpus_args, tmp_path) -> None:
+    run_cli(
+        ["experiment=stage1", "logger=wandb", "run_name=wb", "debug=limit", "trainer.max_epochs=1"]
+        + ["trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", *QUIET]
+        + corpus_args
+        + TINY_STAGE1,
+        env={"WANDB_SILENT": "true"},
+    )
+    run_dir = tmp_path / "train" / "stage1" / "wb"
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, f"expected one offline run in {run_dir / 'wandb'}"
+    summary = json.loads((offline_runs[0] / "files" / "wandb-summary.json").read_text())
+    assert "val/loss" in summary and "train/loss" in " ".join(summary)
+    config_text = (offline_runs[0] / "files" / "config.yaml").read_text()
+    assert "experiment_name" in config_text

@@ -1,0 +1,106 @@
+"""Wav2Lip's SyncNet expert: shapes, gradients, the official key names, and a short training run on
+the synthetic corpus that tells in-sync from off-sync clips it has not seen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncnet
+from lightning_modules.syncnet import sync_measures, sync_probability
+from tests.test_wav2lip import official_unit, random_state_dict, save_official_checkpoint
+
+
+def official_syncnet_shapes() -> dict[str, tuple]:
+    """SyncNet_color's state-dict keys and shapes, transcribed from the layer list of
+    Rudrabha/Wav2Lip models/syncnet.py (independently of lightning_modules.networks.syncnet)."""
+    face = [(15, 32, 7), (32, 64, 5), (64, 64, 3), (64, 64, 3), (64, 128, 3), (128, 128, 3), (128, 128, 3)]
+    face += [(128, 128, 3), (128, 256, 3), (256, 256, 3), (256, 256, 3), (256, 512, 3), (512, 512, 3)]
+    face += [(512, 512, 3), (512, 512, 3), (512, 512, 3), (512, 512, 1)]
+    audio = [(1, 32, 3), (32, 32, 3), (32, 32, 3), (32, 64, 3), (64, 64, 3), (64, 64, 3), (64, 128, 3)]
+    audio += [(128, 128, 3), (128, 128, 3), (128, 256, 3), (256, 256, 3), (256, 256, 3), (256, 512, 3)]
+    audio += [(512, 512, 1)]
+    shapes: dict[str, tuple] = {}
+    for name, layers in (("face_encoder", face), ("audio_encoder", audio)):
+        for index, (cin, cout, kernel) in enumerate(layers):
+            shapes |= official_unit(f"{name}.{index}", cin, cout, kernel)
+    return shapes
+
+
+def test_syncnet_shapes_and_gradients() -> None:
+    torch.manual_seed(0)
+    syncnet = SyncNet()
+    frames = torch.rand(2, 5, 3, 128, 128)
+    mel = torch.randn(2, 80, 16)
+    audio, face = syncnet(mel, face_window(frames))
+    assert audio.shape == face.shape == (2, 512)
+    assert torch.allclose(audio.norm(dim=1), torch.ones(2)) and torch.allclose(face.norm(dim=1), torch.ones(2))
+    probability = sync_probability(syncnet, frames, mel)
+    assert probability.shape == (2,) and (probability >= 0).all() and (probability <= 1).all()
+    probability.sum().backward()
+    for name in ("face_encoder.0.conv_block.0.weight", "audio_encoder.0.conv_block.0.weight"):
+        grad = dict(syncnet.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_face_window_stacks_lower_halves_frame_by_frame_in_bgr() -> None:
+    """Wav2Lip concatenates the five BGR crops along the channels and keeps rows 48..95."""
+    frames = torch.zeros(1, 5, 3, 96, 96)
+    for k in range(5):
+        for c in range(3):
+            frames[0, k, c, :48] = 0.9  # the upper half must not reach the expert
+            frames[0, k, c, 48:] = (10 * k + c) / 100
+    stacked = face_window(frames)
+    assert stacked.shape == (1, 15, 48, 96)
+    expected = torch.tensor([(10 * k + (2 - c)) / 100 for k in range(5) for c in range(3)])
+    assert torch.allclose(stacked[0, :, 0, 0], expected)
+    assert torch.allclose(stacked[0].amax(dim=(1, 2)), expected)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_syncnet_loads_official_key_names(prefix: str, tmp_path: Path) -> None:
+    shapes = official_syncnet_shapes()
+    state = random_state_dict(shapes, seed=1)
+    path = tmp_path / "lipsync_expert.pth"
+    save_official_checkpoint(path, state, prefix)
+    syncnet = load_syncnet(path)
+    loaded = syncnet.state_dict()
+    assert set(loaded) == set(shapes)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert not syncnet.training and not any(p.requires_grad for p in syncnet.parameters())
+
+
+def test_syncnet_loader_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nowhere/lipsync_expert\.pth.*experiment=syncnet"):
+        load_syncnet(tmp_path / "nowhere" / "lipsync_expert.pth")
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("hello")
+    with pytest.raises(ValueError, match="notes.pth"):
+        load_syncnet(not_a_checkpoint)
+
+
+def test_sync_measures_match_a_direct_offset_search() -> None:
+    """The batched offset search equals the loop of syncnet_python: for each offset, the mean distance
+    of face window s to audio window s + o over the pairs inside the clip."""
+    torch.manual_seed(0)
+    syncnet = SyncNet(width=0.125).eval()
+    frames, mel = torch.rand(2, 9, 3, 96, 96), torch.randn(2, 9, 80, 16)
+    measures = sync_measures(syncnet, frames, mel, max_offset=3)
+    for b in range(2):
+        curve = []
+        for offset in range(-3, 4):
+            distances = []
+            for s in range(9 - 5 + 1):
+                if 0 <= s + offset < 9:
+                    audio, face = syncnet(mel[b, s + offset][None], face_window(frames[b, s : s + 5][None]))
+                    distances.append((audio - face).norm())
+            curve.append(torch.stack(distances).mean())
+        curve = torch.stack(curve)
+        assert torch.allclose(measures["distance"][b], curve.min(), atol=1e-5)
+        assert torch.allclose(measures["confidence"][b], curve.median() - curve.min(), atol=1e-5)
+        assert measures["offset"][b] == curve.argmin() - 3
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        sync_measures(syncnet, frames[:, :5], mel[:, :5])
