@@ -1,11 +1,13 @@
 """Loader throughput for `view: frame` (stages 2-4) against the raw decode rate of the same images.
 
-    .venv/bin/python bench/bench_loader.py [--shard-dir data/synthetic/shards/train] [--workers 0 2]
+    .venv/bin/python bench/bench_loader.py [--workers 0 2]
+    .venv/bin/python bench/bench_loader.py --shard-dir data/synthetic/shards --split train --replicate 20 \
+        --source-root data/synthetic/raw
 
 Both are measured in this run on the same shard split:
 - raw decode: one process decoding, per clip, the 2 K + 3 images a frame-view example needs (target,
   K references, their K + 1 I_3D renders, the face mask) straight from the shard bytes with OpenCV,
-  the bytes already in memory. The floor a loader cannot beat per process.
+  the bytes already in memory: the most a single loader process could deliver.
 - loader: `ShardDataModule(view="frame")` batches (litdata read, decode, mouth-masked crop, resize,
   collate), with the given worker counts.
 - decord (when the shards name source mp4s that exist): the same number of frames per example read
@@ -45,9 +47,10 @@ def raw_decode_rate(clips: list[dict], images_per_example: int, passes: int, see
     return count / (time.perf_counter() - start)
 
 
-def decord_rate(clips: list[dict], frames_per_example: int, seed: int) -> float | None:
-    """Examples/s of reading frames_per_example random frames of each clip's source mp4 with decord."""
-    sources = [Path(c["source"]) for c in clips]
+def decord_rate(clips: list[dict], frames_per_example: int, seed: int, source_root: Path) -> float | None:
+    """Examples/s of reading frames_per_example random frames of each clip's source mp4 with decord
+    (relative `source` paths are taken from `source_root`)."""
+    sources = [source_root / c["source"] for c in clips]
     if not sources or not all(p.is_file() for p in sources):
         return None
     import decord
@@ -91,12 +94,20 @@ def loader_rate(shard_root: Path, args: argparse.Namespace, workers: int) -> flo
     return count / seconds
 
 
-def make_random_shards(root: Path, args: argparse.Namespace) -> None:
-    rng = np.random.default_rng(0)
-    samples = (
-        random_clip_sample(rng, f"clip{i:04d}", f"id{i % 8:05d}", args.frames, args.image_size)
-        for i in range(args.clips)
-    )
+def make_shards(root: Path, args: argparse.Namespace) -> None:
+    """Random clips, or `--replicate` copies (new clip ids) of every clip of `--shard-dir`'s split: real
+    face JPEGs in a corpus big enough to time, when the preprocessed one is small."""
+    if args.shard_dir is None:
+        rng = np.random.default_rng(0)
+        samples = (
+            random_clip_sample(rng, f"clip{i:04d}", f"id{i % 8:05d}", args.frames, args.image_size)
+            for i in range(args.clips)
+        )
+    else:
+        source = list(ShardReader(args.shard_dir / args.split))
+        samples = (
+            dict(clip, clip_id=f"{clip['clip_id']}-{k}") for k in range(args.replicate) for clip in source
+        )
     write_shards(samples, root / "train")
 
 
@@ -104,7 +115,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shard-dir", type=Path, help="a shard root with train/ (default: random shards)")
+    parser.add_argument("--shard-dir", type=Path, help="a preprocessed shard root (default: random clips)")
+    parser.add_argument("--split", default="train", help="the split of --shard-dir to read")
+    parser.add_argument("--replicate", type=int, default=1, help="copies of each --shard-dir clip")
+    parser.add_argument(
+        "--source-root", type=Path, default=Path("."), help="where relative `source` paths of clips start"
+    )
     parser.add_argument("--clips", type=int, default=160, help="random shards: number of clips")
     parser.add_argument("--frames", type=int, default=30, help="random shards: frames per clip")
     parser.add_argument("--image-size", type=int, default=128)
@@ -125,14 +141,13 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.shard_dir or Path(tmp)
-        if args.shard_dir is None:
-            make_random_shards(root, args)
+        root = Path(tmp)
+        make_shards(root, args)
         clips = list(ShardReader(root / "train"))
         images = 2 * args.references + 3
         raw = raw_decode_rate(clips, images, args.epochs, seed=0)
         rows = [("raw decode (OpenCV, 1 process, bytes in memory)", raw)]
-        mp4 = decord_rate(clips, args.references + 1, seed=0)
+        mp4 = decord_rate(clips, args.references + 1, seed=0, source_root=args.source_root)
         if mp4 is not None:
             rows.append((f"decord random access on the source mp4s ({args.references + 1} frames)", mp4))
         for workers in args.workers:

@@ -8,8 +8,7 @@ Built on litdata (`StreamingDataset` + `StreamingDataLoader`):
   from (seed, epoch, sample index) (datamodules/datasets.py);
 - resumable mid-epoch: the train loader's `state_dict()` goes into the checkpoint through this
   module's `state_dict` / `load_state_dict` hooks, and a loader rebuilt from it yields exactly the
-  samples not yet seen. (Lightning 2.x's fit loop also stores the state of stateful loaders; loading
-  the same state twice is harmless.)
+  samples not yet seen, then fresh epochs (`ResumableLoader`).
 
 The same code serves every corpus; `view` picks the per-stage dataset. Shards live in
 `shard_dir/{train,val,test}` (see datamodules/shards.py).
@@ -29,6 +28,34 @@ from datamodules.datasets import REFERENCE_POLICIES, VIEWS, ClipDataset, Photome
 from datamodules.shards import MANIFEST_NAME, SPLITS, is_complete_shard_dir
 
 log = logging.getLogger(__name__)
+
+
+class ResumableLoader(StreamingDataLoader):
+    """A StreamingDataLoader whose restored epoch ends when the trainer stops asking for batches.
+
+    litdata replays the loaded state until an iteration runs to StopIteration; Lightning ends an epoch
+    after `len(loader)` batches without asking once more, so a plain loader restored mid-epoch would
+    replay the same remainder again in the next epoch. Here the iteration after the restored one
+    always starts a fresh epoch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._restored_epoch_started = False
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._restored_epoch_started = False
+
+    def __iter__(self) -> Any:
+        if self.restore and self._restored_epoch_started:
+            self.restore = False
+        self._restored_epoch_started = self.restore
+        yield from super().__iter__()
+
+
+def as_plain(node: Any) -> Any:
+    """A config node as plain dicts and lists (interpolations resolved); anything else unchanged."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -66,7 +93,11 @@ class ShardDataModule(L.LightningDataModule):
                 f"reference_policy must be one of {REFERENCE_POLICIES}, got {reference_policy!r}"
             )
         # Kept whole: it is the `data` config node, which the corpus builders take (see prepare_data).
-        self.save_hyperparameters()
+        # Not logged: run.py logs the whole config, and a key shared with the model (image_size, ...)
+        # would make Lightning refuse to merge the two sets of hyperparameters.
+        # Plain containers, not DictConfig: checkpoints then load with torch.load(weights_only=True).
+        synthetic, preprocess, augment = (as_plain(node) for node in (synthetic, preprocess, augment))
+        self.save_hyperparameters(logger=False)
         self.corpus = corpus
         self.shard_dir = Path(shard_dir)
         self.view = view
@@ -88,7 +119,7 @@ class ShardDataModule(L.LightningDataModule):
             jitter=PhotometricJitter(**dict(augment or {})),
         )
         self.datasets: dict[str, ClipDataset] = {}
-        self._train_loader: StreamingDataLoader | None = None
+        self._train_loader: ResumableLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
 
     def split_dir(self, split: str) -> Path:
@@ -146,31 +177,40 @@ class ShardDataModule(L.LightningDataModule):
             if split not in self.datasets and is_complete_shard_dir(self.split_dir(split)):
                 self.datasets[split] = self.make_dataset(split)
 
-    def make_loader(self, split: str) -> StreamingDataLoader:
+    def make_loader(self, split: str) -> ResumableLoader:
         if split not in self.datasets:
             self.datasets[split] = self.make_dataset(split)
-        return StreamingDataLoader(
+        return ResumableLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=split == "train",
+            # train drops the last partial batch; val/test keep litdata's default, which under DDP drops
+            # the tail so that every rank runs as many steps (a rank with an extra step would hang the
+            # others in a synchronised log).
+            drop_last=True if split == "train" else None,
         )
 
-    def train_dataloader(self) -> StreamingDataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         self._train_loader = self.make_loader("train")
+        if len(self._train_loader) == 0:  # litdata batches per (rank, worker) and drops partial batches
+            raise ValueError(
+                f"{self.split_dir('train')} holds {len(self.datasets['train'])} clips: not one full batch of "
+                f"{self.batch_size} per rank and loader worker ({self.num_workers} workers); lower "
+                "data.batch_size or data.num_workers, or make the corpus larger"
+            )
         if self._train_loader_state is not None:
             self._train_loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
         return self._train_loader
 
-    def val_dataloader(self) -> StreamingDataLoader:
+    def val_dataloader(self) -> ResumableLoader:
         return self.make_loader("val")
 
-    def test_dataloader(self) -> StreamingDataLoader:
+    def test_dataloader(self) -> ResumableLoader:
         return self.make_loader("test")
 
-    def predict_dataloader(self) -> StreamingDataLoader:
+    def predict_dataloader(self) -> ResumableLoader:
         return self.make_loader("test")
 
     # --- mid-epoch resume --------------------------------------------------------------------------

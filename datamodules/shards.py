@@ -47,8 +47,8 @@ NUM_MFCC = 13
 NUM_MELS = 80
 
 
-# Where each part of the 257 coefficients lives, from face3d's one statement of the layout.
 def _coeff_slices() -> dict[str, slice]:
+    """Where each part of the 257 coefficients lives, from face3d's one statement of the layout."""
     slices, start = {}, 0
     for name, size in COEFF_DIMS.items():
         slices[name] = slice(start, start + size)
@@ -58,6 +58,7 @@ def _coeff_slices() -> dict[str, slice]:
 
 COEFF_SLICES = _coeff_slices()
 SPLITS = ("train", "val", "test")
+TEXT_KEYS = ("clip_id", "identity", "source")
 MANIFEST_NAME = "manifest.jsonl"
 INDEX_NAME = "index.json"
 
@@ -232,7 +233,7 @@ def validate_clip_sample(sample: dict[str, Any]) -> None:
         if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
             raise ValueError(f"clip {clip}: {key} has shape {value.shape}, expected {shape} (None: any)")
 
-    for key in ("clip_id", "identity", "source"):
+    for key in TEXT_KEYS:
         if not isinstance(sample[key], str):
             raise ValueError(f"clip {clip}: {key} must be a str")
     for key, offsets_key in IMAGE_STACKS.items():
@@ -337,7 +338,7 @@ def _write_dataset(
             if sample["clip_id"] in seen:
                 raise ValueError(f"clip {sample['clip_id']} is given twice to write_shards({name})")
             seen.add(sample["clip_id"])
-            writer.add_item(index, sample)
+            writer.add_item(index, _to_stored(sample))
         if not seen:
             raise ValueError(f"write_shards({name}): no samples to write")
         writer.done()
@@ -355,9 +356,18 @@ def is_complete_shard_dir(path: str | os.PathLike) -> bool:
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def _as_clip(raw: dict[str, Any]) -> dict[str, Any]:
-    """litdata hands back bytes as memoryviews and ints as numpy scalars; give plain Python values."""
+def _to_stored(sample: dict[str, Any]) -> dict[str, Any]:
+    """The text fields go to litdata as UTF-8 bytes: litdata stores a str that names an existing file as
+    that file's contents (a `source` path to an mp4 became a `video:mp4` field needing torchcodec)."""
+    return {key: value.encode() if key in TEXT_KEYS else value for key, value in sample.items()}
+
+
+def as_clip(raw: dict[str, Any]) -> dict[str, Any]:
+    """A sample as litdata hands it back (text and images as bytes or memoryviews, ints as numpy
+    scalars) -> the `CLIP_SCHEMA` types."""
     clip = dict(raw)
+    for key in TEXT_KEYS:
+        clip[key] = bytes(clip[key]).decode()
     for key in IMAGE_STACKS:
         clip[key] = bytes(clip[key])
     for key in ("num_frames", "image_size"):
@@ -383,7 +393,7 @@ class ShardReader:
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"clip {index} of {len(self)} in {self.shard_dir}")
-        return _as_clip(self._dataset[index])
+        return as_clip(self._dataset[index])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for index in range(len(self)):

@@ -123,8 +123,10 @@ def random_background(size: int, rng: np.random.Generator) -> np.ndarray:
 def identity_params(model, rng: np.random.Generator, motion: MotionParams) -> dict[str, np.ndarray]:
     """A random speaker: identity and texture coefficients, SH lighting, placement, mouth style."""
     gamma = np.zeros((3, 9), dtype=np.float32)
-    gamma[:, 0] = rng.uniform(-0.15, 0.15) + rng.uniform(-0.05, 0.05, 3)  # ambient level and tint
-    gamma[:, 1:4] = rng.uniform(-0.25, 0.25, 3)  # one directional light, the same for all channels
+    # Ambient level and tint around the default light (never much darker: dlib's HOG detector misses
+    # dim, low-contrast faces), plus one soft directional light, the same for all channels.
+    gamma[:, 0] = rng.uniform(0.0, 0.2) + rng.uniform(-0.04, 0.04, 3)
+    gamma[:, 1:4] = rng.uniform(-0.12, 0.12, 3)
     trans = np.array(
         [
             rng.uniform(-1, 1) * motion.placement_jitter,

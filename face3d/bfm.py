@@ -1,4 +1,4 @@
-"""Reader for Deep3DFaceRecon's `BFM_model_front.mat` (Deng et al. 2019; github.com/sicxu/Deep3DFaceRecon_pytorch).
+"""Reader for Deep3DFaceRecon's `BFM_model_front.mat` (Deng et al. 2019; sicxu/Deep3DFaceRecon_pytorch).
 
 Fields and shapes (N = 35,709 vertices, F = 70,789 triangles for the real file):
 meanshape (1, 3N) or (3N, 1); idBase (3N, 80); exBase (3N, 64); meantex (1, 3N) in 0..255;

@@ -41,7 +41,7 @@ class FitResult:
 
 
 def initial_pose(model: MorphableModel, camera: PerspectiveCamera, landmarks: torch.Tensor) -> torch.Tensor:
-    """Translations (T, 3) that put the mean face's landmarks at the observed centroid and scale (no rotation)."""
+    """Translations (T, 3) placing the mean face's landmarks at the observed centroid and scale."""
     zeros = landmarks.new_zeros(1, sum(COEFF_DIMS.values()))
     mean_lm = model.landmarks_3d(zeros)[0]  # (68, 3) world
     spread_model = (mean_lm[:, :2] - mean_lm[:, :2].mean(0)).norm(dim=-1).mean()
@@ -84,7 +84,9 @@ def fit_landmarks(
     device, frames = landmarks.device, landmarks.shape[0]
     obs = landmarks.detach().float()
     px_scale = REFERENCE_SIZE / camera.image_size
-    weights = torch.ones(68, device=device) if landmark_weights is None else landmark_weights.to(device).float()
+    weights = (
+        torch.ones(68, device=device) if landmark_weights is None else landmark_weights.to(device).float()
+    )
     weights = weights / weights.mean()
 
     with torch.no_grad():
@@ -165,4 +167,6 @@ def fit_landmarks(
         final = coeffs().detach()
         projected = model.landmarks_2d(final, camera)
         error = (projected - obs).norm(dim=-1).mean(-1)
-    return FitResult(coeffs=final, landmarks=projected, landmark_error=error, photometric_error=photometric_error)
+    return FitResult(
+        coeffs=final, landmarks=projected, landmark_error=error, photometric_error=photometric_error
+    )

@@ -27,7 +27,11 @@ NUM_COEFFS = sum(COEFF_DIMS.values())  # 257
 
 # Spherical harmonics: a_b (Lambertian kernel) and c_b (normalisation) for bands 0, 1, 2.
 SH_A = (math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0))
-SH_C = (1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi), 3 * math.sqrt(5.0) / math.sqrt(12 * math.pi))
+SH_C = (
+    1 / math.sqrt(4 * math.pi),
+    math.sqrt(3.0) / math.sqrt(4 * math.pi),
+    3 * math.sqrt(5.0) / math.sqrt(12 * math.pi),
+)
 # Default lighting added to gamma (per colour channel): ambient only.
 DEFAULT_LIGHT = (0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
@@ -89,6 +93,10 @@ class MorphableModel(nn.Module):
         if faces.min() < 0 or faces.max() >= n or keypoints.max() >= n:
             raise ValueError(f"{name}: face or keypoint indices outside 0..{n - 1}")
         self.name = name
+        # Set from the config by build_face_model; defaults for a model built by hand.
+        self.camera = PerspectiveCamera()
+        self.fitting: dict[str, Any] = {}
+        self.regressor_checkpoint: str | os.PathLike | None = None
         f32 = torch.float32
         self.register_buffer("mean_shape", torch.as_tensor(mean_shape, dtype=f32))
         self.register_buffer("id_base", torch.as_tensor(id_base, dtype=f32))
@@ -117,7 +125,9 @@ class MorphableModel(nn.Module):
     def split_coeffs(coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., 257) -> dict(id, exp, tex, angle, gamma, trans), in Deep3DFaceRecon's order."""
         if coeffs.shape[-1] != NUM_COEFFS:
-            raise ValueError(f"expected {NUM_COEFFS} coefficients in the last dimension, got {coeffs.shape[-1]}")
+            raise ValueError(
+                f"expected {NUM_COEFFS} coefficients in the last dimension, got {coeffs.shape[-1]}"
+            )
         return dict(zip(COEFF_DIMS, torch.split(coeffs, list(COEFF_DIMS.values()), dim=-1)))
 
     @staticmethod
@@ -165,7 +175,9 @@ class MorphableModel(nn.Module):
         tex = self.mean_tex + (tex_coeff @ self.tex_base.T).view(tex_coeff.shape[0], -1, 3)
         return tex / 255.0
 
-    def compute_color(self, texture: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    def compute_color(
+        self, texture: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor
+    ) -> torch.Tensor:
         """Lambertian SH shading: colour = albedo * sum_b gamma_b Y_b(n), gamma (B, 27) as 3 x 9 + default.
 
         `normals` are the rotated (world-frame) normals. The 9 basis functions and their signs follow
@@ -200,7 +212,11 @@ class MorphableModel(nn.Module):
         vertices = self.transform(shape, rotation, c["trans"])
         normals = self.transform(self.compute_normals(shape), rotation, torch.zeros_like(c["trans"]))
         albedo = self.compute_texture(c["tex"])
-        return {"vertices": vertices, "color": self.compute_color(albedo, normals, c["gamma"]), "albedo": albedo}
+        return {
+            "vertices": vertices,
+            "color": self.compute_color(albedo, normals, c["gamma"]),
+            "albedo": albedo,
+        }
 
     def landmarks_3d(self, coeffs: torch.Tensor) -> torch.Tensor:
         """World positions (B, 68, 3) of the landmark vertices; computes only those 68 vertices."""
@@ -217,7 +233,7 @@ class MorphableModel(nn.Module):
 def build_face_model(
     source: str = "procedural",
     bfm_path: str | os.PathLike | None = None,
-    num_vertices: int = 1500,
+    num_vertices: int = 1000,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     camera: Mapping[str, Any] | None = None,

@@ -60,7 +60,8 @@ def _dlib_model_file(name: str) -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"{name}: the `face_recognition_models` package is not installed (pip install face-recognition-models)"
+            f"{name}: the `face_recognition_models` package is not installed "
+            "(pip install face-recognition-models)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
     if not path.is_file():
@@ -133,7 +134,7 @@ def _inner_lip_curves(lm: np.ndarray):
 
 
 def _lip_line(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """Height of the closed-mouth lip line (midway between the inner lips) above x, flat beyond the corners."""
+    """Height of the closed lip line (midway between the inner lips) above x, flat beyond the corners."""
     y_up, y_lo = _inner_lip_curves(lm)(np.clip(xy[:, 0], lm[60, 0], lm[64, 0]))
     return (y_up + y_lo) / 2
 
@@ -157,7 +158,9 @@ def _height_field(xy: np.ndarray, lm: np.ndarray) -> np.ndarray:
     nose = ridge + 0.07 * _gauss(xy, lm[33], (0.07, 0.045))
     nose += 0.05 * (_gauss(xy, lm[31], (0.045, 0.04)) + _gauss(xy, lm[35], (0.045, 0.04)))
 
-    eyes = sum(-0.06 * _gauss(xy, e, (0.1, 0.07)) + 0.025 * _gauss(xy, e, (0.05, 0.03)) for e in (eye_l, eye_r))
+    eyes = sum(
+        -0.06 * _gauss(xy, e, (0.1, 0.07)) + 0.025 * _gauss(xy, e, (0.05, 0.03)) for e in (eye_l, eye_r)
+    )
     brows = sum(0.03 * _gauss(xy, lm[i], (0.08, 0.05)) for i in range(17, 27)) / 3
     mouth_c = lm[48:68].mean(0)
     lips = 0.05 * _gauss(xy, (mouth_c[0], lm[51, 1]), (0.17, 0.06))
@@ -233,7 +236,7 @@ def _random_fields(
     return fields
 
 
-def generate_procedural_arrays(num_vertices: int = 1500, seed: int = 0) -> dict[str, np.ndarray]:
+def generate_procedural_arrays(num_vertices: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
     """Build the procedural model's arrays (see the module docstring). About `num_vertices` face vertices."""
     import skimage.data
 
@@ -264,7 +267,9 @@ def generate_procedural_arrays(num_vertices: int = 1500, seed: int = 0) -> dict[
     theta = np.linspace(0, np.pi, 15)[1:-1]
     arc = np.stack([xc + rx * np.cos(theta), yc + ry * np.sin(theta)], 1)
     outline = np.concatenate([lm[:17], arc])
-    area = 0.5 * abs(np.dot(outline[:, 0], np.roll(outline[:, 1], 1)) - np.dot(outline[:, 1], np.roll(outline[:, 0], 1)))
+    area = 0.5 * abs(
+        np.dot(outline[:, 0], np.roll(outline[:, 1], 1)) - np.dot(outline[:, 1], np.roll(outline[:, 0], 1))
+    )
     step = np.sqrt(area / num_vertices)
 
     boundary = _resample_polyline(np.concatenate([outline, outline[:1]]), step)
@@ -276,7 +281,13 @@ def generate_procedural_arrays(num_vertices: int = 1500, seed: int = 0) -> dict[
     keep = points_in_poly(grid, outline) & ~points_in_poly(grid, inner_lip)
     grid = grid[keep]
     fixed = np.concatenate([lm, boundary])
-    fixed = fixed[np.r_[np.arange(68), 68 + np.flatnonzero(np.min(np.linalg.norm(boundary[:, None] - lm[None], axis=-1), 1) > 0.4 * step)]]
+    fixed = fixed[
+        np.r_[
+            np.arange(68),
+            68
+            + np.flatnonzero(np.min(np.linalg.norm(boundary[:, None] - lm[None], axis=-1), 1) > 0.4 * step),
+        ]
+    ]
     near = np.min(np.linalg.norm(grid[:, None] - fixed[None], axis=-1), 1) < 0.6 * step
     tex_xy = np.concatenate([fixed, grid[~near]])
 
@@ -294,7 +305,12 @@ def generate_procedural_arrays(num_vertices: int = 1500, seed: int = 0) -> dict[
     cav_tri = []
     for j in range(len(cy) - 1):
         for i in range(len(cx) - 1):
-            a, b_, c, d_ = j * len(cx) + i, j * len(cx) + i + 1, (j + 1) * len(cx) + i, (j + 1) * len(cx) + i + 1
+            a, b_, c, d_ = (
+                j * len(cx) + i,
+                j * len(cx) + i + 1,
+                (j + 1) * len(cx) + i,
+                (j + 1) * len(cx) + i + 1,
+            )
             cav_tri += [[a, b_, d_], [a, d_, c]]
     cav_tri = np.array(cav_tri) + n_face
 
@@ -428,12 +444,13 @@ def _texture_basis(xy, rng) -> np.ndarray:
 
 
 def _cache_key(params: dict) -> str:
+    """Parameters, version and this file's source: an edited generator never reads a stale cache."""
     text = json.dumps({"version": PROCEDURAL_VERSION, **params}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    return hashlib.sha1(text.encode() + Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def load_procedural_arrays(
-    num_vertices: int = 1500, seed: int = 0, cache_dir: str | os.PathLike | None = None
+    num_vertices: int = 1000, seed: int = 0, cache_dir: str | os.PathLike | None = None
 ) -> dict[str, np.ndarray]:
     """The procedural arrays, generated on first use and cached as `.npz` (keyed by version and params)."""
     params = {"num_vertices": int(num_vertices), "seed": int(seed)}

@@ -20,7 +20,15 @@ from torchvision.models import resnet50
 from face3d.morphable_model import COEFF_DIMS
 
 # Output heads in order; the translation is split into (tx, ty) and tz as in the original.
-HEAD_DIMS = (COEFF_DIMS["id"], COEFF_DIMS["exp"], COEFF_DIMS["tex"], COEFF_DIMS["angle"], COEFF_DIMS["gamma"], 2, 1)
+HEAD_DIMS = (
+    COEFF_DIMS["id"],
+    COEFF_DIMS["exp"],
+    COEFF_DIMS["tex"],
+    COEFF_DIMS["angle"],
+    COEFF_DIMS["gamma"],
+    2,
+    1,
+)
 
 
 class CoeffRegressor(nn.Module):

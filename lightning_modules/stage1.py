@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
-import pytorch_ranger
 import torch
 from torch import nn
 
@@ -29,22 +28,6 @@ import face3d
 from lightning_modules.losses import expression_l1, landmark_l1
 from lightning_modules.metrics import MOUTH_LANDMARKS, average_expression_distance, landmark_distance
 from lightning_modules.syncnet import load_syncnet, sync_measures
-
-
-class Ranger(pytorch_ranger.Ranger):
-    """Ranger (RAdam + Lookahead, Wright 2019; `pytorch_ranger`) whose `step` evaluates the closure.
-
-    `pytorch_ranger.Ranger.step` ignores its closure (the call is commented out upstream); Lightning
-    runs forward and backward inside that closure, so with the original class no gradient would ever
-    be computed (Lightning stops with "The closure hasn't been executed")."""
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        super().step()
-        return loss
 
 
 def with_expression(coeffs: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:

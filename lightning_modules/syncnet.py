@@ -136,6 +136,11 @@ class SyncNetModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         frames, mel = self._check(batch)
         batch_size, length = frames.shape[:2]
+        if batch_size < 2:
+            raise ValueError(
+                "SyncNet training needs at least 2 clips per batch (its batch norms act on 1x1 features); "
+                "set data.batch_size >= 2"
+            )
         device = frames.device
         starts = torch.randint(0, length - SYNC_FRAMES + 1, (batch_size,), device=device)
         # An off-sync mel start j with |j - s| >= min_offset, drawn uniformly among the admissible ones.

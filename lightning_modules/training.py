@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -83,6 +86,23 @@ def slurm_plugins() -> list[Any]:
     return []
 
 
+def share_cpu_threads(trainer: L.Trainer) -> None:
+    """N DDP ranks on the CPUs of one machine get cores // N torch threads each, instead of each
+    taking every core (oversubscription makes small ops many times slower)."""
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
+
+
+def _release_distributed_state(environ_before: dict[str, str]) -> None:
+    """Between the jobs of a sweep run in one process: close the DDP process group and drop the
+    rendezvous variables Lightning set (MASTER_PORT, WORLD_SIZE, ...), so the next job's ranks meet
+    on a fresh port instead of the last job's closed one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in set(os.environ) - set(environ_before):
+        del os.environ[key]
+
+
 def _pin_ddp_children_to_this_job() -> None:
     """Lightning starts DDP ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir` set to the run
     dir. Inside a `-m` sweep that would re-run the whole sweep in fresh directories; so make argv the
@@ -101,7 +121,11 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
     """Send the whole resolved config and the parameter counts to every logger."""
     if not trainer.loggers:
         return
-    params = dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    params: dict[str, Any] = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
     params["params/total"] = sum(p.numel() for p in model.parameters())
     params["params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for logger in trainer.loggers:
@@ -117,6 +141,7 @@ def _finish_wandb(failed: bool) -> None:
 def fit_and_evaluate(cfg: DictConfig) -> float | None:
     """`task=train` fits (then tests if `test_after_train`); `task=test` / `task=predict` evaluate the
     checkpoint in `ckpt_path`."""
+    environ_before = dict(os.environ)
     L.seed_everything(cfg.seed, workers=True)
     _pin_ddp_children_to_this_job()
 
@@ -129,6 +154,7 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
         logger=instantiate_group(cfg.get("logger")) or False,
         plugins=slurm_plugins() or None,
     )
+    share_cpu_threads(trainer)
     environment = getattr(trainer.strategy, "cluster_environment", None)
     log.info(
         "rank %d of %d (cluster environment: %s)",
@@ -155,9 +181,11 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
         failed = False
     finally:
         _finish_wandb(failed)
+        _release_distributed_state(environ_before)
 
     value = metrics.get(cfg.optimized_metric)
     if value is None:
         log.warning("optimized_metric %r was not logged (have: %s)", cfg.optimized_metric, sorted(metrics))
         return None
+    log.info("optimized_metric %s = %.6g", cfg.optimized_metric, float(value))
     return float(value)

@@ -4,13 +4,14 @@
 splits 2 train / 1 val / 1 test by identity) generated and preprocessed into shards once per test
 session, in a temporary directory. It goes through the real pipeline: PyTorch3D renders, H.264/AAC
 mp4 files, decord decoding, dlib detection, FOMM-style cropping, 3DMM fitting, I_3D rendering, the
-shard writer. Use its fields:
+shard writer, and the Wav2Lip teacher's semantic images (a randomly initialised generator in the
+official file layout: the real loading and inference path, with weights no test can download). Fields:
     tiny_corpus.raw_dir    the synthetic corpus (mp4/idXXXXX/<video>/00001.mp4 + 00001.npz ground truth)
     tiny_corpus.shard_dir  shard_dir/{train,val,test} litdata datasets + shard_dir/manifest.jsonl
     tiny_corpus.work_dir   per-clip results of the preprocessing run
     tiny_corpus.summary    what `run_preprocessing` returned
     tiny_corpus.settings   the PreprocessSettings used (a dataclass; `dataclasses.replace` it for variants)
-For a config-driven test: `data.shard_dir=<tiny_corpus.shard_dir>`.
+For a config-driven test, the `corpus_args` fixture gives the overrides (`data.shard_dir=...`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ os.environ.setdefault("SYNERGYDUB_ROOT", str(Path(__file__).resolve().parents[1]
 
 TINY_CORPUS = {"num_identities": 4, "clips_per_identity": 1, "num_frames": 30, "image_size": 160, "seed": 7}
 TINY_CROP = 128
+# Fewer fitting steps than conf/face_model (50 + 300): the fit is most of the preprocessing time on CPU.
+TINY_FIT = {"rigid_steps": 30, "steps": 100}
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,26 @@ class TinyCorpus:
     settings: Any
 
 
-def tiny_settings(raw_dir: Path, shard_dir: Path, work_dir: Path, num_workers: int = 0):
-    """Preprocessing settings for the tiny synthetic corpus (the synthetic data config's numbers,
-    with the shorter tube minimum the 30-frame clips need)."""
+def random_teacher_checkpoint(path: Path, width: float = 0.25) -> Path:
+    """A Wav2Lip generator file as the official release stores it (`{"state_dict": ...}`)."""
+    import torch
+
+    from lightning_modules.networks.wav2lip import Wav2LipGenerator
+
+    torch.manual_seed(0)
+    torch.save({"state_dict": Wav2LipGenerator(width=width).state_dict()}, path)
+    return path
+
+
+def tiny_settings(
+    raw_dir: Path,
+    shard_dir: Path,
+    work_dir: Path,
+    num_workers: int = 0,
+    teacher_checkpoint: Path | None = None,
+):
+    """Preprocessing settings for the tiny synthetic corpus (the synthetic data config's numbers, with
+    the shorter tube minimum the 30-frame clips need and a shorter fit)."""
     from datamodules.preprocess import ClipOptions, PreprocessSettings
 
     return PreprocessSettings(
@@ -47,8 +67,9 @@ def tiny_settings(raw_dir: Path, shard_dir: Path, work_dir: Path, num_workers: i
         input_dir=str(raw_dir),
         shard_dir=str(shard_dir),
         work_dir=str(work_dir),
-        clip=ClipOptions(crop_size=TINY_CROP, min_frames=20, increase=0.25, min_face_size=64),
+        clip=ClipOptions(crop_size=TINY_CROP, min_frames=20, increase=0.25, min_face_size=64, fit=TINY_FIT),
         num_workers=num_workers,
+        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
     )
 
 
@@ -60,6 +81,13 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     root = tmp_path_factory.mktemp("tiny_corpus")
     raw, shards, work = root / "raw", root / "shards", root / "work"
     generate_synthetic_corpus(raw, face_model={}, **TINY_CORPUS)
-    settings = tiny_settings(raw, shards, work)
+    teacher = random_teacher_checkpoint(root / "wav2lip.pth")
+    settings = tiny_settings(raw, shards, work, teacher_checkpoint=teacher)
     summary = run_preprocessing(settings)
     return TinyCorpus(raw_dir=raw, shard_dir=shards, work_dir=work, summary=summary, settings=settings)
+
+
+@pytest.fixture(scope="session")
+def corpus_args(tiny_corpus) -> list[str]:
+    """Overrides that point a composed config (or `run.py`) at the tiny corpus."""
+    return [f"data.shard_dir={tiny_corpus.shard_dir}", "data.num_workers=0"]

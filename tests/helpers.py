@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,32 @@ def run_cli(
             f"--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (`run-<id>.wandb`): LevelDB-log framing (32 KiB blocks,
+    7-byte record headers: checksum, length, type) after a 7-byte `:W&B` header, each record one
+    `wandb_internal_pb2.Record` -- what `wandb sync` uploads."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    block, position, pending, payloads = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # the rest of a block too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind == 0:
+            break
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            payloads.append(pending)
+    records = []
+    for payload in payloads:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records

@@ -182,14 +182,18 @@ def test_samples_are_seeded_and_deterministic(shard_dir: Path) -> None:
 
 def test_ddp_ranks_see_disjoint_samples(shard_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """litdata takes the ranks from the distributed environment; two ranks simulated in-process."""
-    seen = []
+    seen, tested = [], []
     for rank in range(2):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("GLOBAL_RANK", str(rank))
-        seen.append([clip for clip, _ in epoch(make_dm(shard_dir, view="window").train_dataloader())])
+        dm = make_dm(shard_dir, view="window", batch_size=1)
+        seen.append([clip for clip, _ in epoch(dm.train_dataloader())])
+        tested.append([clip for clip, _ in epoch(dm.test_dataloader())])
     assert len(seen[0]) == len(seen[1]) == NUM_TRAIN // 2
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == NUM_TRAIN
+    # 3 test clips: one rank would run an extra step; the tail is dropped instead
+    assert len(tested[0]) == len(tested[1]) == 1 and tested[0] != tested[1]
 
 
 def _gloo_rank(rank: int, shard_dir: str, port: int, out_dir: str) -> None:
@@ -221,7 +225,8 @@ def test_ddp_ranks_see_disjoint_samples_under_a_real_process_group(shard_dir: Pa
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resumed_loader_yields_exactly_the_samples_not_yet_seen(shard_dir: Path, num_workers: int) -> None:
-    full = epoch(make_dm(shard_dir, view="window", num_workers=num_workers).train_dataloader())
+    loader = make_dm(shard_dir, view="window", num_workers=num_workers).train_dataloader()
+    full, full_next = epoch(loader), epoch(loader)
     dm = make_dm(shard_dir, view="window", num_workers=num_workers)
     seen = []
     for step, batch in enumerate(dm.train_dataloader()):
@@ -231,10 +236,17 @@ def test_resumed_loader_yields_exactly_the_samples_not_yet_seen(shard_dir: Path,
     state = dm.state_dict()  # what Lightning puts in the checkpoint
     resumed = make_dm(shard_dir, view="window", num_workers=num_workers)
     resumed.load_state_dict(state)  # Lightning restores before it asks for the loaders
-    rest = epoch(resumed.train_dataloader())
+    loader = resumed.train_dataloader()
+    rest = epoch(loader)
     assert len(seen) == 4 and len(rest) == NUM_TRAIN - 4
     assert sorted(seen + rest) == sorted(full)
     assert not set(seen) & set(rest)
+    assert epoch(loader) == full_next  # then a fresh epoch, as if never interrupted
+
+
+def test_too_small_a_corpus_for_one_batch_is_an_error(shard_dir: Path) -> None:
+    with pytest.raises(ValueError, match="not one full batch of 16"):
+        make_dm(shard_dir, batch_size=16).train_dataloader()
 
 
 def test_real_corpus_without_shards_says_how_to_build_them(tmp_path: Path) -> None:
@@ -262,7 +274,7 @@ def test_corpus_configs_instantiate_the_datamodule(
     assert cfg.data.shard_dir == f"{tmp_path}/{corpus}/shards"
     assert cfg.data.image_size == (128 if corpus == "synthetic" else 192)
     cfg.data.shard_dir = str(shard_dir)
-    cfg.data.batch_size, cfg.data.num_workers = 2, 0  # 12 clips: too few for 8 workers x 16
+    cfg.data.batch_size, cfg.data.num_workers, cfg.data.pin_memory = 2, 0, False  # 12 clips, a CPU
     dm = hydra.utils.instantiate(cfg.data)
     assert isinstance(dm, ShardDataModule) and dm.seed == 3 and dm.corpus == corpus
     dm.setup("fit")

@@ -49,7 +49,10 @@ def test_round_trip_returns_what_was_written(tmp_path: Path) -> None:
             semantic=smooth_frames(rng, t, 16) if i % 2 else None,
         )
         originals.append(arrays)
-        yield_sample = make_clip_sample(f"clip{i}", f"id{i % 2}", source=f"mp4/{i}.mp4", **arrays)
+        # an existing file as `source`: litdata must store the path, not the file
+        source = str(tmp_path / f"{i}.mp4")
+        Path(source).write_bytes(b"\x00\x00\x00\x18ftypmp42")
+        yield_sample = make_clip_sample(f"clip{i}", f"id{i % 2}", source=source, **arrays)
         originals[-1]["sample"] = yield_sample
     count = write_shards((o["sample"] for o in originals), tmp_path / "train", chunk_bytes="30KB")
     assert count == 5 and is_complete_shard_dir(tmp_path / "train")
@@ -59,7 +62,8 @@ def test_round_trip_returns_what_was_written(tmp_path: Path) -> None:
     for i, original in enumerate(originals):
         clip = reader[i]
         assert list(clip) == list(CLIP_SCHEMA)
-        assert (clip["identity"], clip["source"], clip["num_frames"]) == (f"id{i % 2}", f"mp4/{i}.mp4", 6 + i)
+        source = str(tmp_path / f"{i}.mp4")
+        assert (clip["identity"], clip["source"], clip["num_frames"]) == (f"id{i % 2}", source, 6 + i)
         for key in ("coeffs", "landmarks", "audio", "mfcc", "mel"):
             np.testing.assert_array_equal(clip[key], original[key])
             assert clip[key].dtype == original[key].dtype

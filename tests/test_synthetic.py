@@ -67,8 +67,13 @@ def test_mouth_follows_the_audio():
 
 
 def test_write_mp4_round_trip(tmp_path):
-    rng = np.random.default_rng(0)
-    frames = np.repeat(rng.integers(0, 255, (10, 1, 48, 3), dtype=np.uint8), 48, axis=1)
+    yy, xx = np.mgrid[0:64, 0:64]
+    # smooth colour content (yuv420 keeps one chroma sample per 2 x 2 pixels)
+    frames = (
+        np.stack([np.stack([xx * 3 + 10 * t, yy * 3, 255 - (xx + yy) * 2], axis=-1) for t in range(10)])
+        .clip(0, 255)
+        .astype(np.uint8)
+    )
     wave = audio_lib.synthesize_speech(10 / 25, seed=0)
     path = tmp_path / "clip.mp4"
     write_mp4(path, frames, wave)

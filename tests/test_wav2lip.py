@@ -163,7 +163,7 @@ def test_generated_frames_keep_layout_and_follow_the_audio() -> None:
     mel = torch.randn(5, 80, 16)
     out = generate_semantic_frames(generator, frames, mel, output_size=64, batch_size=2)
     assert out.shape == (5, 3, 64, 64) and out.dtype == torch.float32
-    assert 0 <= out.min() and out.max() <= 1
+    assert out.min() >= 0 and out.max() <= 1
     # mel_lead = 1: frame t is driven by the window of frame t - 1 (frame 0 by window 0).
     other = mel.clone()
     other[3] = torch.randn(80, 16)
@@ -175,7 +175,10 @@ def test_generated_frames_keep_layout_and_follow_the_audio() -> None:
 
 def _teacher_batch(length: int = 11, size: int = 96) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return {"frames": torch.rand(2, length, 3, size, size, generator=generator), "mel": torch.randn(2, length, 80, 16)}
+    return {
+        "frames": torch.rand(2, length, 3, size, size, generator=generator),
+        "mel": torch.randn(2, length, 80, 16),
+    }
 
 
 def test_teacher_step_trains_the_generator_through_the_frozen_expert(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ class ClipOptions:
     iou_with_initial: float = 0.25  # FOMM crop-video.py
     increase: float = 0.1  # FOMM crop-video.py: box margin on each side, fraction of its size
     max_gap: int = 3  # missed detections bridged inside a tube
+    several_faces_fraction: float = 0.3  # share of frames with a second face that rejects the clip
     min_face_size: int = 64  # smallest crop side in source pixels
     fit: dict[str, Any] = field(default_factory=dict)  # face3d.fit_landmarks keyword arguments
     render_batch: int = 25
@@ -86,7 +87,13 @@ def process_clip(
         raise ClipRejected("grayscale", f"{source.path}: colour channels are equal (a grayscale video)")
     height, width = frames.shape[1:3]
     detections = [tools.detector(frame) for frame in frames]
-    tube = select_tube(detections, options.min_frames, options.iou_with_initial, options.max_gap)
+    tube = select_tube(
+        detections,
+        options.min_frames,
+        options.iou_with_initial,
+        options.max_gap,
+        options.several_faces_fraction,
+    )
     box = crop_box(tube, height, width, options.increase)
     if box[2] < options.min_face_size:
         raise ClipRejected(
@@ -103,8 +110,11 @@ def process_clip(
     pcm = decode_audio(source.path, len(frames) * spf)[start * spf : end * spf]
     wave = audio_lib.to_float(pcm)
 
-    fit = face3d.fit_landmarks(tools.model, tools.camera, torch.from_numpy(landmarks), **options.fit)
-    coeffs = fit.coeffs.detach().float()
+    device = tools.model.mean_shape.device
+    fit = face3d.fit_landmarks(
+        tools.model, tools.camera, torch.from_numpy(landmarks).to(device), **options.fit
+    )
+    coeffs = fit.coeffs.detach().float().cpu()
     image, mask = render_faces(tools.model, tools.camera, coeffs, options.render_batch)
     render3d = (image * 255).round().astype(np.uint8)
     face_mask = (mask[..., 0] > 0.5).astype(np.uint8) * 255

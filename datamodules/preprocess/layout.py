@@ -71,7 +71,8 @@ def discover_clips(
             identity, video = parts[-3], parts[-2]
             folder_split = next((SPLIT_FOLDERS[p] for p in parts[:-3] if p in SPLIT_FOLDERS), None)
             split = splits.get(identity) or folder_split or hashed_split(identity, fractions)
-            clips.append(ClipSource(f"{identity}/{video}/{path.stem}", identity, split, str(path)))
+            clip_id = f"{identity}/{video}/{path.stem}"
+            clips.append(ClipSource(clip_id, identity, split, str(path)))
     else:
         raise ValueError(f"unknown corpus {corpus!r} (voxceleb1 | voxceleb2 | lrw | synthetic)")
     return sorted(clips, key=lambda c: c.clip_id)

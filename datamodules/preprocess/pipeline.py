@@ -48,6 +48,7 @@ class PreprocessSettings:
     clip: ClipOptions = field(default_factory=ClipOptions)
     num_workers: int = 0
     torch_threads: int | None = None
+    device: str = "cpu"  # where fitting and I_3D rendering run ("cuda" on a GPU node)
     shard: tuple[int, int] = (0, 1)
     teacher_checkpoint: str | None = None
     split_fractions: dict[str, float] = field(
@@ -109,7 +110,7 @@ def build_tools(settings: PreprocessSettings) -> Tools:
     detector_cfg = dict(settings.detector)
     backend = detector_cfg.get("backend", "dlib")
     detector = make_detector(backend, detector_cfg.get(backend) or {})
-    model = build_model(settings.face_model)
+    model = build_model(settings.face_model).to(settings.device)
     camera = face3d.PerspectiveCamera(**settings.camera).resized(settings.clip.crop_size)
     teacher = None
     if settings.teacher_checkpoint:
@@ -268,6 +269,7 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
         clip=ClipOptions(**(pre.get("clip") or {})),
         num_workers=int(pre.get("num_workers", 0)),
         torch_threads=pre.get("torch_threads"),
+        device=str(pre.get("device", "cpu")),
         shard=parse_shard(pre.get("shard")),
         teacher_checkpoint=pre.get("teacher_checkpoint"),
         split_fractions=dict(pre.get("split_fractions") or {"train": 0.9, "val": 0.05, "test": 0.05}),

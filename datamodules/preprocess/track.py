@@ -1,8 +1,9 @@
 """Face tubes and the square crop, following the VoxCeleb protocol of the first-order motion model
 (Siarohin et al. 2019, `crop-video.py`): per-frame detections are joined into tubes by IoU with the
 tube's first box, a tube's boxes are joined (union), enlarged by a margin, made square and cropped;
-short tubes are dropped. Our additions: a few missed frames inside a tube are bridged, and a clip with
-two long, simultaneous tubes is rejected as "several faces" (a training clip shows one speaker).
+short tubes are dropped. Our additions: a few missed frames inside a tube are bridged, and a clip that
+shows a second face in a good share of its frames is rejected as "several faces" (a training clip shows
+one speaker).
 """
 
 from __future__ import annotations
@@ -71,24 +72,37 @@ def build_tubes(detections: list[list[Face]], iou_with_initial: float = 0.25, ma
     return closed + open_tubes
 
 
-def select_tube(detections: list[list[Face]], min_frames: int, iou_with_initial: float, max_gap: int) -> Tube:
-    """The clip's single speaker tube; ClipRejected('no_face' | 'short_tube' | 'several_faces')."""
+def select_tube(
+    detections: list[list[Face]],
+    min_frames: int,
+    iou_with_initial: float,
+    max_gap: int,
+    several_faces_fraction: float = 0.3,
+) -> Tube:
+    """The clip's single speaker tube; ClipRejected('no_face' | 'several_faces' | 'short_tube').
+
+    A clip counts as showing several faces when at least `several_faces_fraction` of its frames hold
+    two or more separate faces (boxes overlapping less than `iou_with_initial`): a sporadic false
+    detection does not reject a clip, a second person in shot does, however their tubes break up."""
     if not any(detections):
         raise ClipRejected("no_face", f"no face detected in any of {len(detections)} frames")
+    crowded = sum(_separate_faces(faces, iou_with_initial) >= 2 for faces in detections)
+    if crowded >= several_faces_fraction * len(detections):
+        raise ClipRejected("several_faces", f"two or more faces in {crowded} of {len(detections)} frames")
     tubes = build_tubes(detections, iou_with_initial, max_gap)
-    long_tubes = [tube for tube in tubes if tube.length >= min_frames]
-    if not long_tubes:
-        best = max(tube.length for tube in tubes)
-        raise ClipRejected("short_tube", f"longest face tube has {best} frames < {min_frames}")
-    long_tubes.sort(key=lambda tube: -len(tube.faces))
-    main = long_tubes[0]
-    for other in long_tubes[1:]:
-        overlap = min(main.end, other.end) - max(main.start, other.start)
-        if overlap >= min_frames:
-            raise ClipRejected(
-                "several_faces", f"{len(long_tubes)} faces tracked over the same {overlap} frames"
-            )
+    main = max(tubes, key=lambda tube: (len(tube.faces), -tube.start))
+    if main.length < min_frames:
+        raise ClipRejected("short_tube", f"longest face tube has {main.length} frames < {min_frames}")
     return main
+
+
+def _separate_faces(faces: list[Face], max_iou: float) -> int:
+    """How many of the faces do not overlap an earlier (higher-scoring) one."""
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -f.score):
+        if all(iou(face.box, other.box) < max_iou for other in kept):
+            kept.append(face)
+    return len(kept)
 
 
 def crop_box(tube: Tube, frame_height: int, frame_width: int, increase: float) -> np.ndarray:

@@ -1,0 +1,25 @@
+"""Optimisers shared by every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_ranger
+import torch
+
+
+class Ranger(pytorch_ranger.Ranger):
+    """Ranger (RAdam + Lookahead, Wright 2019; `pytorch_ranger`) whose `step` evaluates the closure.
+
+    `pytorch_ranger.Ranger.step` ignores its closure (the call is commented out upstream); Lightning
+    runs forward and backward inside that closure, so with the original class no gradient would ever
+    be computed (Lightning stops with "The closure hasn't been executed")."""
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        super().step()
+        return loss
