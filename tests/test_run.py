@@ -189,6 +189,11 @@ def test_wandb_offline_run_directory_holds_the_logged_metrics(corpus_args, tmp_p
     run = next(r.run for r in records if r.HasField("run"))
     assert {"train/loss", "val/loss", "val/aed", "val/aed_mean_baseline"} <= history, sorted(history)
     assert {"experiment_name", "model", "data", "params/total"} <= config
-    assert (run.project, run.group, run.display_name) == ("synergydub", "stage1", "wb")
+    assert (run.project, run.run_group, run.display_name, run.job_type) == (
+        "synergydub",
+        "stage1",
+        "wb",
+        "train",
+    )
     assert "stage1" in run.tags
     assert list((offline_runs[0] / "files" / "media" / "videos").rglob("*.mp4")), "no validation video panel"
