@@ -69,6 +69,7 @@ class A2EMediaPanel(L.Callback):
         self.image_size = image_size
         self.key = key
         self._window: dict[str, torch.Tensor] | None = None
+        self._validations = 0  # validation epochs seen, sanity checks excluded
 
     @staticmethod
     def _wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
@@ -78,7 +79,7 @@ class A2EMediaPanel(L.Callback):
         return (
             not trainer.sanity_checking
             and self._wandb_logger(trainer) is not None
-            and trainer.current_epoch % self.every_n_epochs == 0
+            and self._validations % self.every_n_epochs == 0
         )
 
     def on_validation_batch_end(
@@ -100,6 +101,8 @@ class A2EMediaPanel(L.Callback):
         }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validations += 1
         logger = self._wandb_logger(trainer)
         if self._window is None or logger is None or not trainer.is_global_zero:
             self._window = None

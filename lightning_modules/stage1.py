@@ -146,28 +146,45 @@ class AudioToExpressionModule(L.LightningModule):
         count = self.trainer.strategy.reduce(self.train_expression_count.clone().float(), reduce_op="sum")
         self._mean_expression = total / count if count > 0 else None
 
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """The predicted expressions (B, T, 64) of each window, with where the window comes from."""
+        expression = self.net(batch["mfcc"], self._semantic_images(batch))
+        return {"clip_id": batch["clip_id"], "start": batch["start"], "expression": expression}
+
+    def evaluate(self, batch: dict[str, Any], split: str) -> dict[str, torch.Tensor]:
+        """Losses and metrics of one batch, logged under `split/` (val or test)."""
         out = self._step(batch, need_landmarks=True)
         batch_size = out["target"].shape[0]
         pred, true = out["landmarks_pred"], out["landmarks_true"]
         metrics = {
-            "val/loss": out["loss"],
-            "val/loss_exp": out["loss_exp"],
-            "val/loss_shape": out["loss_shape"],
-            "val/aed": average_expression_distance(out["prediction"], out["target"]),
-            "val/lmd": landmark_distance(pred, true),
-            "val/lmd_mouth": landmark_distance(pred, true, MOUTH_LANDMARKS),
+            f"{split}/loss": out["loss"],
+            f"{split}/loss_exp": out["loss_exp"],
+            f"{split}/loss_shape": out["loss_shape"],
+            f"{split}/aed": average_expression_distance(out["prediction"], out["target"]),
+            f"{split}/lmd": landmark_distance(pred, true),
+            f"{split}/lmd_mouth": landmark_distance(pred, true, MOUTH_LANDMARKS),
         }
         if self._mean_expression is not None:
             mean = self._mean_expression.to(out["target"]).expand_as(out["target"])
-            metrics["val/aed_mean_baseline"] = average_expression_distance(mean, out["target"])
-            metrics["val/lmd_mean_baseline"] = landmark_distance(
+            metrics[f"{split}/aed_mean_baseline"] = average_expression_distance(mean, out["target"])
+            metrics[f"{split}/lmd_mean_baseline"] = landmark_distance(
                 self.project_landmarks(batch["coeffs"], mean), true
             )
         if self.syncnet is not None:
-            metrics["val/sync"] = self.sync_score(batch["coeffs"], out["prediction"], batch["mel"])
-            metrics["val/sync_gt"] = self.sync_score(batch["coeffs"], out["target"], batch["mel"])
-        self.log("val/aed", metrics.pop("val/aed"), prog_bar=True, sync_dist=True, batch_size=batch_size)
+            metrics[f"{split}/sync"] = self.sync_score(batch["coeffs"], out["prediction"], batch["mel"])
+            metrics[f"{split}/sync_gt"] = self.sync_score(batch["coeffs"], out["target"], batch["mel"])
+        self.log(
+            f"{split}/aed", metrics.pop(f"{split}/aed"), prog_bar=True, sync_dist=True, batch_size=batch_size
+        )
         self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
         return {"prediction": out["prediction"].detach()}
 

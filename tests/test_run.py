@@ -136,6 +136,20 @@ def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_
     assert checkpoint["global_step"] == 5
 
 
+def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tmp_path) -> None:
+    common = ["experiment=stage1", "logger=csv", "run_name=eval", f"paths.log_dir={tmp_path}", *QUIET]
+    common += corpus_args + TINY_STAGE1
+    run_cli([*common, "trainer.max_steps=2"])
+    checkpoint = tmp_path / "train" / "stage1" / "eval" / "checkpoints" / "last.ckpt"
+    tested = run_cli([*common, "task=test", f"ckpt_path={checkpoint}", "optimized_metric=test/aed"])
+    assert re.search(r"optimized_metric test/aed = [0-9.e+-]+", tested.stdout), tested.stdout[-2000:]
+    assert (
+        "test/aed_mean_baseline"
+        in (tmp_path / "test" / "stage1" / "eval" / "csv" / "metrics.csv").read_text()
+    )
+    run_cli([*common, "task=predict", f"ckpt_path={checkpoint}"])
+
+
 def test_sweep_with_ddp_inside_yields_one_run_per_job(corpus_args, tmp_path) -> None:
     """`-m` over two learning rates with 2 DDP ranks per job: two job directories, each with its
     metric, and no stray directories from the DDP child processes (the lightning-hydra-template trap).
