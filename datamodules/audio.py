@@ -249,10 +249,11 @@ def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE
     scipy.io.wavfile.write(str(path), sample_rate, to_int16(wave))
 
 
-def mel_windows(mel: np.ndarray, num_frames: int, steps: int = 16, fps: int = VIDEO_FPS) -> np.ndarray:
-    """(T, 80, steps): the mel window starting at each video frame, as Wav2Lip's `crop_audio_window`
-    (start = int(80 * t / fps)); windows running past the end are padded with the last column."""
-    steps_per_second = SAMPLE_RATE / MelParams().hop_length
-    starts = (steps_per_second * np.arange(num_frames) / fps).astype(np.int64)
-    padded = np.pad(mel, ((0, 0), (0, steps)), mode="edge")
-    return np.stack([padded[:, s : s + steps] for s in starts]).astype(np.float32)
+def mel_windows(mel: np.ndarray, frames: np.ndarray, width: int = 16) -> np.ndarray:
+    """(len(frames), 80, width): the mel window starting at each video frame t, at step
+    int(80 t / 25) as Wav2Lip's `crop_audio_window`; steps past either end repeat the edge column."""
+    steps_per_second = SAMPLE_RATE // MelParams().hop_length
+    start = (steps_per_second * np.asarray(frames, dtype=np.int64)) // VIDEO_FPS
+    steps = start[:, None] + np.arange(width)[None, :]
+    windows = mel[:, np.clip(steps, 0, mel.shape[1] - 1)]  # (80, n, width)
+    return np.ascontiguousarray(windows.transpose(1, 0, 2), dtype=np.float32)

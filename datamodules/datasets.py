@@ -31,11 +31,10 @@ import torch
 from litdata import StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 
-from datamodules.audio import SAMPLES_PER_FRAME, VIDEO_FPS
+from datamodules.audio import SAMPLES_PER_FRAME, mel_windows
 from datamodules.shards import COEFF_SLICES, IMAGE_STACKS, as_clip, decode_image, num_images
 
 MFCC_RATE = 100  # python_speech_features default winstep 10 ms
-MEL_RATE = 80  # Wav2Lip hop 200 at 16 kHz
 MFCC_WINDOW_SAMPLES = 400  # python_speech_features default winlen 25 ms at 16 kHz
 MFCC_STEP_SAMPLES = 160
 
@@ -239,14 +238,6 @@ def mfcc_windows(mfcc: np.ndarray, frames: np.ndarray, width: int) -> np.ndarray
     steps = centre[:, None] - width // 2 + np.arange(width)[None, :]
     windows = mfcc[np.clip(steps, 0, len(mfcc) - 1)]  # (n, width, 13)
     return np.ascontiguousarray(windows.transpose(0, 2, 1)[:, None])
-
-
-def mel_windows(mel: np.ndarray, frames: np.ndarray, width: int) -> np.ndarray:
-    """(len(frames), 80, width) mel windows starting at int(80 t / 25) (Wav2Lip), edge-padded; mel (80, M)."""
-    start = (MEL_RATE * frames) // VIDEO_FPS
-    steps = start[:, None] + np.arange(width)[None, :]
-    windows = mel[:, np.clip(steps, 0, mel.shape[1] - 1)]  # (80, n, width)
-    return np.ascontiguousarray(windows.transpose(1, 0, 2))
 
 
 class WindowDataset(ClipDataset):

@@ -124,7 +124,9 @@ def process_clip(
     if tools.teacher is not None:
         from lightning_modules.teacher import generate_semantic_frames
 
-        semantic = generate_semantic_frames(tools.teacher, crops, audio_lib.mel_windows(mel, num_frames))
+        semantic = generate_semantic_frames(
+            tools.teacher, crops, audio_lib.mel_windows(mel, np.arange(num_frames))
+        )
     sample = make_clip_sample(
         clip_id=source.clip_id,
         identity=source.identity,
