@@ -21,6 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SYNERGYDUB_ROOT", str(ROOT))
@@ -42,9 +44,10 @@ def stage_split(settings) -> dict[str, float]:
 
     import face3d
     from datamodules.preprocess import discover_clips
+    from datamodules.preprocess.clip import face_tube
     from datamodules.preprocess.pipeline import build_tools
     from datamodules.preprocess.render import render_faces
-    from datamodules.preprocess.track import crop_box, select_tube, to_crop_pixels
+    from datamodules.preprocess.track import to_crop_pixels
     from datamodules.preprocess.video import decode_frames
 
     tools = build_tools(settings)
@@ -57,16 +60,9 @@ def stage_split(settings) -> dict[str, float]:
     start = time.perf_counter()
     detections = [tools.detector(f) for f in frames]
     times["detect + landmarks"] = time.perf_counter() - start
-    tube = select_tube(
-        detections,
-        options.min_frames,
-        options.iou_with_initial,
-        options.max_gap,
-        options.several_faces_fraction,
-    )
-    box = crop_box(tube, frames.shape[1], frames.shape[2], options.increase)
+    tube, box = face_tube(detections, frames.shape[1], frames.shape[2], options)
     landmarks = [tube.faces[t].landmarks for t in sorted(tube.faces)]
-    landmarks = torch.from_numpy(to_crop_pixels(__import__("numpy").stack(landmarks), box, options.crop_size))
+    landmarks = torch.from_numpy(to_crop_pixels(np.stack(landmarks), box, options.crop_size))
     start = time.perf_counter()
     fit = face3d.fit_landmarks(tools.model, tools.camera, landmarks, **options.fit)
     times["fit 3DMM"] = time.perf_counter() - start

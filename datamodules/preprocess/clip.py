@@ -56,6 +56,18 @@ class Tools:
     teacher: Any = None
 
 
+def face_tube(detections: list, height: int, width: int, options: ClipOptions) -> tuple[Any, tuple]:
+    """The clip's face tube (FOMM protocol: one face joined over time) and its square crop box."""
+    tube = select_tube(
+        detections,
+        options.min_frames,
+        options.iou_with_initial,
+        options.max_gap,
+        options.several_faces_fraction,
+    )
+    return tube, crop_box(tube, height, width, options.increase)
+
+
 def landmarks_for_tube(frames: np.ndarray, tube, detector) -> np.ndarray:
     """(length, 68, 2) frame-pixel landmarks over the tube: the detector's where it found the face,
     the landmark predictor inside the interpolated box where it missed."""
@@ -86,15 +98,7 @@ def process_clip(
     if is_grayscale(frames, options.grayscale_tolerance):
         raise ClipRejected("grayscale", f"{source.path}: colour channels are equal (a grayscale video)")
     height, width = frames.shape[1:3]
-    detections = [tools.detector(frame) for frame in frames]
-    tube = select_tube(
-        detections,
-        options.min_frames,
-        options.iou_with_initial,
-        options.max_gap,
-        options.several_faces_fraction,
-    )
-    box = crop_box(tube, height, width, options.increase)
+    tube, box = face_tube([tools.detector(frame) for frame in frames], height, width, options)
     if box[2] < options.min_face_size:
         raise ClipRejected(
             "face_too_small", f"{source.path}: face crop of {box[2]} px < {options.min_face_size}"
