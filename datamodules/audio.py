@@ -227,16 +227,22 @@ def melspectrogram(wave: np.ndarray, params: MelParams = MelParams()) -> np.ndar
     return np.clip(scaled, -params.max_abs_value, params.max_abs_value).astype(np.float32)
 
 
+# dBFS of a frame's RMS that maps to loudness 0 and 1: the range of peak-normalised speech (voiced frames
+# of espeak-ng and of the built-in synthesiser lie between about -30 and -12 dBFS; pauses below -40).
+LOUDNESS_RANGE_DB = (-42.0, -12.0)
+
+
 def frame_features(wave: np.ndarray, num_frames: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(T, 3) per-video-frame drive for the synthetic mouth: [loudness, brightness, lowness] in [0, 1].
 
-    loudness: RMS of the frame's 640 samples in dB mapped from [-45, 0] dBFS to [0, 1];
+    loudness: RMS of the frame's 640 samples in dB mapped from `LOUDNESS_RANGE_DB` to [0, 1];
     brightness: share of energy above 2 kHz (fricatives, spread lips);
     lowness: share of energy below 1 kHz among voiced energy (open/rounded vowels)."""
     spf = sample_rate // VIDEO_FPS
     y = fit_length(to_float(wave), num_frames * spf).reshape(num_frames, spf).astype(np.float64)
     rms = np.sqrt((y**2).mean(axis=1) + 1e-12)
-    loudness = np.clip((20 * np.log10(rms + 1e-9) + 45.0) / 45.0, 0.0, 1.0)
+    low_db, high_db = LOUDNESS_RANGE_DB
+    loudness = np.clip((20 * np.log10(rms + 1e-9) - low_db) / (high_db - low_db), 0.0, 1.0)
     spec = np.abs(np.fft.rfft(y * np.hanning(spf), axis=1)) ** 2
     freqs = np.fft.rfftfreq(spf, 1.0 / sample_rate)
     total = spec.sum(axis=1) + 1e-12

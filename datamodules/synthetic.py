@@ -42,10 +42,10 @@ SPLITS_FILE = "splits.json"
 class MotionParams:
     """How the synthetic face moves; amplitudes in expression-coefficient units or radians."""
 
-    jaw_open: float = 0.9
-    lips_round: float = 0.8
-    lips_spread: float = 0.7
-    lips_press: float = 0.4
+    jaw_open: float = 1.8
+    lips_round: float = 1.2
+    lips_spread: float = 1.2
+    lips_press: float = 0.6
     blink_interval_s: tuple[float, float] = (1.5, 4.0)
     sway_yaw: float = 0.12
     sway_pitch: float = 0.06
@@ -68,7 +68,7 @@ def mouth_expression(
     )
     loud, bright, low = smooth.T
     exp = np.zeros((len(features), 64), dtype=np.float32)
-    exp[:, names.index("jaw_open")] = motion.jaw_open * style[0] * loud * (0.4 + 0.6 * low)
+    exp[:, names.index("jaw_open")] = motion.jaw_open * style[0] * loud * (0.5 + 0.5 * low)
     exp[:, names.index("lips_round")] = motion.lips_round * style[1] * loud * low * (1 - bright)
     exp[:, names.index("lips_spread")] = motion.lips_spread * style[2] * loud * bright
     exp[:, names.index("lips_press")] = motion.lips_press * (1 - loud) ** 2
@@ -210,7 +210,7 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
         np.sin(np.linspace(0, clip_rng.uniform(1, 4), num_frames)), 0, 1
     )
     exp[:, EXPRESSION_NAMES.index("brows_raise")] = (
-        0.4 * exp[:, EXPRESSION_NAMES.index("jaw_open")] * clip_rng.uniform()
+        0.2 * exp[:, EXPRESSION_NAMES.index("jaw_open")] * clip_rng.uniform()
     )
     angles = head_pose(num_frames, clip_rng, motion)
     coeffs = model.join_coeffs(

@@ -4,7 +4,8 @@ Identity (and texture) are shared by every frame of a clip; expression, pose and
 The energy follows the landmark + prior terms of Deng et al. 2019 (Deep3DFaceRecon), plus a temporal
 smoothness term over consecutive frames (a clip is one shot of one person):
 
-    E = mean_t,k w_k |proj(lm_k; coeffs_t) - obs_tk|^2          (px^2 at 224 px, so numbers are size-free)
+    E = mean_t,k w_k |proj(lm_k; coeffs_t) - obs_tk|^2          (px^2 at 224 px, so numbers are size-free;
+                                                                 w_k normalised to mean 1)
         + w_id |alpha|^2 + w_exp mean_t |beta_t|^2
         + w_smooth mean_t (|beta_t - beta_{t-1}|^2 + |pose_t - pose_{t-1}|^2)
         [+ w_photo mean |I_t - R(coeffs_t)| over the face + w_tex |delta|^2 + w_gamma mean_t |gamma_t|^2]
@@ -12,10 +13,19 @@ smoothness term over consecutive frames (a clip is one shot of one person):
 Optimised with Adam over all frames at once: a rigid stage (pose only) from a closed-form initial
 translation, then all landmark terms, then (if images are given and `photometric_steps` > 0)
 texture and lighting through the renderer with the landmark terms still on.
+
+The default weights are Deep3DFaceRecon's, restated for a landmark-only fit: its `landmark_loss` weighs
+the nose bridge (28-30) and the inner lips (60-67) 20x (`DEEP3D_LANDMARK_WEIGHTS`), and its priors
+(w_reg 3e-4 x w_exp 0.8 against w_lm 1.6e-3 on a landmark term of mean weight 4.07) come to w_exp ~0.04
+on this energy. Without its photometric term 68 landmarks pin down only about a dozen of the 64
+expression directions, so the prior here is stronger (w_exp 1): measured on the synthetic corpus, the
+unconstrained directions otherwise fill the fitted expressions with noise that no audio model can
+predict (docs/benchmarks.md, "3DMM fit").
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +34,9 @@ from face3d.camera import PerspectiveCamera
 from face3d.morphable_model import COEFF_DIMS, MorphableModel
 
 REFERENCE_SIZE = 224  # landmark errors are measured in pixels at this resolution
+
+# Deep3DFaceRecon's landmark_loss weights (0-based iBUG-68 index -> weight; 1 elsewhere).
+DEEP3D_LANDMARK_WEIGHTS: dict[int, float] = {k: 20.0 for k in (28, 29, 30, *range(60, 68))}
 
 
 @dataclass
@@ -38,6 +51,20 @@ class FitResult:
     @property
     def mean_landmark_error(self) -> float:
         return float(self.landmark_error.mean())
+
+
+def landmark_weight_vector(weights: torch.Tensor | Mapping[int, float]) -> torch.Tensor:
+    """(68,) float weights from a tensor or from {0-based index: weight} (1 for the others)."""
+    if isinstance(weights, torch.Tensor):
+        if weights.shape != (68,):
+            raise ValueError(f"landmark weights must have shape (68,), got {tuple(weights.shape)}")
+        return weights.detach().float().cpu()
+    vector = torch.ones(68)
+    for index, weight in weights.items():
+        if not 0 <= int(index) < 68:
+            raise ValueError(f"landmark weight index {index} is outside the 68 iBUG landmarks")
+        vector[int(index)] = float(weight)
+    return vector
 
 
 def initial_pose(model: MorphableModel, camera: PerspectiveCamera, landmarks: torch.Tensor) -> torch.Tensor:
@@ -65,18 +92,19 @@ def fit_landmarks(
     lr: float = 0.03,
     photometric_lr: float = 0.01,
     w_id: float = 1e-3,
-    w_exp: float = 1e-3,
-    w_smooth: float = 0.1,
+    w_exp: float = 1.0,
+    w_smooth: float = 1.0,
     w_photo: float = 200.0,
     w_tex: float = 1e-3,
     w_gamma: float = 1e-2,
-    landmark_weights: torch.Tensor | None = None,
+    landmark_weights: torch.Tensor | Mapping[int, float] | None = None,
 ) -> FitResult:
     """Fit one clip: landmarks (T, 68, 2) in `camera` pixels -> FitResult with coeffs (T, 257).
 
     `images` (T, 3, H, W) in [0, 1], aligned with the landmarks (any H = W: the camera is resized),
     enables the photometric refinement of texture and lighting for `photometric_steps` steps.
-    `landmark_weights` (68,) weight individual landmarks (e.g. lower the jaw line for profile views).
+    `landmark_weights`: a (68,) tensor, or {index: weight} with 1 for the others (the config form);
+    None: `DEEP3D_LANDMARK_WEIGHTS`.
     Iteration counts and weights are config values (conf/face_model/*.yaml, key `fitting`).
     """
     if landmarks.dim() != 3 or landmarks.shape[1:] != (68, 2):
@@ -84,10 +112,10 @@ def fit_landmarks(
     device, frames = landmarks.device, landmarks.shape[0]
     obs = landmarks.detach().float()
     px_scale = REFERENCE_SIZE / camera.image_size
-    weights = (
-        torch.ones(68, device=device) if landmark_weights is None else landmark_weights.to(device).float()
+    weights = landmark_weight_vector(
+        DEEP3D_LANDMARK_WEIGHTS if landmark_weights is None else landmark_weights
     )
-    weights = weights / weights.mean()
+    weights = weights.to(device) / weights.mean()
 
     with torch.no_grad():
         trans0 = initial_pose(model, camera, obs)

@@ -167,7 +167,8 @@ class AudioToExpressionNet(nn.Module):
 
     Encoders per frame, local cross-modal attention, a Bi-LSTM over the T frames, a linear head
     (beta*_t = W_o h_t + b_o). `use_semantic=False` is the audio-only model (no image encoder, no
-    attention: z_t = W_Q F_a^t); `fusion="average"` replaces attention by the window average."""
+    attention: z_t = W_Q F_a^t); `fusion="average"` replaces attention by the window average.
+    `head_init_std`: the head's initial weight std (bias 0); None keeps PyTorch's default init."""
 
     def __init__(
         self,
@@ -184,6 +185,7 @@ class AudioToExpressionNet(nn.Module):
         lstm_layers: int = 1,
         dropout: float = 0.1,
         expression_dim: int = 64,
+        head_init_std: float | None = 1e-3,
     ) -> None:
         super().__init__()
         self.use_semantic = use_semantic
@@ -203,6 +205,12 @@ class AudioToExpressionNet(nn.Module):
             dropout=dropout if lstm_layers > 1 else 0.0,
         )
         self.head = nn.Linear(2 * lstm_hidden, expression_dim)
+        if head_init_std is not None:
+            # Start at the neutral face (beta* ~ 0, about the mean of fitted expressions) instead of
+            # +-0.1 random offsets on every coefficient, which adaptive optimisers take hundreds of
+            # steps to pull back (measured: docs/benchmarks.md, "Stage 1").
+            nn.init.normal_(self.head.weight, std=head_init_std)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, mfcc: torch.Tensor, semantic: torch.Tensor | None = None) -> torch.Tensor:
         """mfcc (B, T, 1, n_mfcc, W), semantic (B, T, 3, S, S) in [0, 1] -> expressions (B, T, 64)."""
