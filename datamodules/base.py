@@ -17,6 +17,7 @@ The same code serves every corpus; `view` picks the per-stage dataset. Shards li
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class ShardDataModule(L.LightningDataModule):
         seed: int = 1234,
         image_size: int = 128,
         window_frames: int = 5,
+        eval_window_frames: int | None = None,
         mfcc_window: int = 28,
         mel_window: int = 16,
         load_frames: bool = False,
@@ -118,6 +120,7 @@ class ShardDataModule(L.LightningDataModule):
             mask_dilation=mask_dilation,
             jitter=PhotometricJitter(**dict(augment or {})),
         )
+        self.eval_window_frames = eval_window_frames
         self.datasets: dict[str, ClipDataset] = {}
         self._train_loader: ResumableLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None
@@ -157,15 +160,19 @@ class ShardDataModule(L.LightningDataModule):
     # --- datasets and loaders ----------------------------------------------------------------------
 
     def make_dataset(self, split: str) -> ClipDataset:
-        """The `view` dataset of one split: shuffled, with fresh draws each epoch, for train only."""
+        """The `view` dataset of one split: shuffled, with fresh draws each epoch, for train only; the
+        evaluation splits take windows of `eval_window_frames` when it is set."""
         path = self.split_dir(split)
         if not is_complete_shard_dir(path):
             raise FileNotFoundError(
                 f"no {split} shards in {path}; run `python run.py task=preprocess data={self.corpus}`"
             )
         train = split == "train"
+        options = self.options
+        if not train and self.eval_window_frames is not None:
+            options = replace(options, window_frames=self.eval_window_frames)
         return VIEWS[self.view](
-            str(path), self.options, seed=self.seed, shuffle=train, vary_per_epoch=train, drop_last=None
+            str(path), options, seed=self.seed, shuffle=train, vary_per_epoch=train, drop_last=None
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -12,6 +12,11 @@ official file layout: the real loading and inference path, with weights no test 
     tiny_corpus.summary    what `run_preprocessing` returned
     tiny_corpus.settings   the PreprocessSettings used (a dataclass; `dataclasses.replace` it for variants)
 For a config-driven test, the `corpus_args` fixture gives the overrides (`data.shard_dir=...`).
+
+`default_corpus` (session scope): the default synthetic corpus of conf/data/synthetic.yaml (16 speakers:
+10 train / 4 val / 2 test, one 2-s clip each), built by the datamodule's `prepare_data` exactly as
+`make demo` builds it, in a temporary data dir: the corpus the learning tests train and validate on
+(about a minute to build). Its value is the shard dir.
 """
 
 from __future__ import annotations
@@ -91,3 +96,15 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
 def corpus_args(tiny_corpus) -> list[str]:
     """Overrides that point a composed config (or `run.py`) at the tiny corpus."""
     return [f"data.shard_dir={tiny_corpus.shard_dir}", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="session")
+def default_corpus(tmp_path_factory) -> Path:
+    import hydra
+
+    from tests.helpers import compose_config
+
+    root = tmp_path_factory.mktemp("default_corpus")
+    cfg = compose_config([f"paths.data_dir={root}"], root / "run")
+    hydra.utils.instantiate(cfg.data).prepare_data()
+    return Path(cfg.data.shard_dir)

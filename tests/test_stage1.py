@@ -259,53 +259,23 @@ def test_sync_metric_through_a_configured_syncnet(face_model, tmp_path: Path) ->
 
 # --- learning on the synthetic corpus ----------------------------------------------------------------
 
-# The real stage-1 config at test size: narrow layers, short windows, a higher learning rate for the
-# few steps two training clips allow. Audio only: the tiny corpus carries no teacher frames.
-LEARNING_RUN = [
-    "experiment=ablation/a2e_no_semantic",
-    "model.net.mfcc_channels=[8,16,16,32,32]",
-    "model.net.mfcc_hidden_dim=64",
-    "model.net.audio_dim=64",
-    "model.net.model_dim=64",
-    "model.net.lstm_hidden=64",
-    "model.optimizer.lr=3e-3",
-    "data.window_frames=8",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "trainer.max_epochs=60",
-    "trainer.check_val_every_n_epoch=60",
-]
-LEARNING_SEED = 1234
 
+def test_demo_training_beats_the_mean_expression_baseline(default_corpus, tmp_path: Path) -> None:
+    """`make demo`'s config (experiment=demo: audio-only stage 1, 400 steps of narrow encoders) trained on
+    the default synthetic corpus: over the whole clips of the 4 validation speakers, none seen in
+    training, AED and LMD end well below those of predicting the mean training expression, computed in
+    the same run (measured: 0.84 x and 0.82 x).
 
-# Known gap, left visible (issue 5 stays open): run by `make test-full`, reported as xfail until the
-# data side (a larger corpus, a more regularised fit) lets stage 1 generalise to an unseen speaker.
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "not reliable on tiny_corpus: 2 training clips of 30 frames do not teach audio -> mouth to an unseen "
-        "speaker in 60-100 steps (measured val/aed 0.99-1.5 x the mean baseline over seeds, learning rates, "
-        "window lengths and fit regularisation), and with the default fit (w_exp 1e-3) the 60 expression "
-        "directions that landmarks leave unconstrained (std ~0.14, vs ~0.06 for the audio-driven mouth) "
-        "dominate the 64-coefficient AED, capping any audio model near 0.97 x the baseline; needs a larger "
-        "corpus with a more regularised fit"
-    ),
-)
-def test_training_beats_the_mean_expression_baseline(tiny_corpus, tmp_path: Path) -> None:
+    Not near 0: the fitted expressions also move in ways audio cannot predict (blinks, slow smiles, the
+    fit's own noise on 68 detected landmarks); a linear read-out of the true audio drive of the
+    synthetic lips reaches 0.70 x (docs/benchmarks.md, "Stage 1")."""
     import hydra
 
     from tests.helpers import compose_config
 
-    L.seed_everything(LEARNING_SEED)  # the network's initialisation; the data draws follow `seed=`
+    L.seed_everything(1234)
     cfg = compose_config(
-        [
-            *LEARNING_RUN,
-            f"seed={LEARNING_SEED}",
-            f"data.shard_dir={tiny_corpus.shard_dir}",
-            f"paths.log_dir={tmp_path}",
-        ],
-        tmp_path / "run",
+        ["experiment=demo", f"data.shard_dir={default_corpus}", f"paths.log_dir={tmp_path}"], tmp_path / "run"
     )
     datamodule = hydra.utils.instantiate(cfg.data)
     module = hydra.utils.instantiate(cfg.model)
@@ -320,12 +290,13 @@ def test_training_beats_the_mean_expression_baseline(tiny_corpus, tmp_path: Path
     )
     trainer.fit(module, datamodule=datamodule)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+    aed_ratio = metrics["val/aed"] / metrics["val/aed_mean_baseline"]
+    lmd_ratio = metrics["val/lmd"] / metrics["val/lmd_mean_baseline"]
     print(
         f"after {trainer.global_step} steps: val/aed {metrics['val/aed']:.4f} vs mean baseline "
-        f"{metrics['val/aed_mean_baseline']:.4f}; val/lmd {metrics['val/lmd']:.2f} px vs "
-        f"{metrics['val/lmd_mean_baseline']:.2f} px"
+        f"{metrics['val/aed_mean_baseline']:.4f} ({aed_ratio:.2f} x); val/lmd {metrics['val/lmd']:.3f} px vs "
+        f"{metrics['val/lmd_mean_baseline']:.3f} px ({lmd_ratio:.2f} x)"
     )
-    # The network fits the training clips' mouths (about half the baseline's error there) but does not carry
-    # that to the unseen validation speaker (see the xfail reason). LMD over all 68 points is printed, not
-    # asserted: expression directions the fit leaves noisy move the eyes and brows as much as the mouth.
-    assert metrics["val/aed"] < metrics["val/aed_mean_baseline"]
+    assert trainer.global_step == 400
+    assert aed_ratio < 0.9
+    assert lmd_ratio < 0.9
