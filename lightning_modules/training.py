@@ -12,6 +12,7 @@ config; return the optimised metric), with three of its known traps closed:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -138,6 +139,26 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+METRICS_FILE = "metrics.json"
+
+
+def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) -> None:
+    """The run's last logged metrics as `<run dir>/metrics.json` (with the experiment, the overrides and the
+    step): what `python -m lightning_modules.report` tabulates over a sweep, without a logger."""
+    record = {
+        "experiment_name": cfg.experiment_name,
+        "task": cfg.task,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "global_step": int(global_step),
+        "metrics": {key: float(value) for key, value in sorted(metrics.items()) if torch.numel(value) == 1},
+    }
+    path = os.path.join(cfg.paths.output_dir, METRICS_FILE)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(tmp, path)
+
+
 def fit_and_evaluate(cfg: DictConfig) -> float | None:
     """`task=train` fits (then tests if `test_after_train`); `task=test` / `task=predict` evaluate the
     checkpoint in `ckpt_path`."""
@@ -183,6 +204,8 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
         _finish_wandb(failed)
         _release_distributed_state(environ_before)
 
+    if trainer.is_global_zero:
+        write_metrics(cfg, metrics, trainer.global_step)
     value = metrics.get(cfg.optimized_metric)
     if value is None:
         log.warning("optimized_metric %r was not logged (have: %s)", cfg.optimized_metric, sorted(metrics))

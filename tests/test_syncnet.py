@@ -9,13 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules import ShardDataModule
 from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncnet
 from lightning_modules.syncnet import SyncNetModule, sync_measures, sync_probability
 from tests.test_wav2lip import official_unit, random_state_dict, save_official_checkpoint
 
 # The learning test: a narrow network, a short run (CPU, 2 cores).
-LEARN = {"lr": 4e-3, "batch": 16, "steps": 200, "window": 10}
 
 
 def official_syncnet_shapes() -> dict[str, tuple]:
@@ -139,66 +137,40 @@ def test_sync_measures_match_a_direct_offset_search() -> None:
 # --- learning on the synthetic corpus ---------------------------------------------------------------
 
 
-def whole_clips(shard_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every clip of a split as one (frames (C, T, 3, 96, 96), mel (C, T, 80, 16)) pair, T = 30."""
-    data = ShardDataModule(
-        corpus="synthetic",
-        shard_dir=str(shard_dir),
-        batch_size=1,
-        image_size=96,
-        window_frames=30,
-        load_frames=True,
+def test_demo_syncnet_separates_unseen_speakers(default_corpus, tmp_path: Path) -> None:
+    """experiment=demo_syncnet (the CPU recipe of the expert) trained on the default synthetic corpus
+    separates in-sync from off-sync pairs (>= 2 frames apart) of the 4 validation speakers, none seen in
+    training, far better than chance and than before training (measured ROC AUC 0.78-0.87 over seeds),
+    through the module's own validation metrics."""
+    import hydra
+    import lightning as L
+
+    from tests.helpers import compose_config
+
+    L.seed_everything(1234)
+    cfg = compose_config(
+        ["experiment=demo_syncnet", f"data.shard_dir={default_corpus}", f"paths.log_dir={tmp_path}"],
+        tmp_path / "run",
     )
-    data.setup("fit")
-    loader = {"train": data.train_dataloader, "val": data.val_dataloader}[split]()
-    batches = list(loader)
-    return torch.cat([b["frames"] for b in batches]), torch.cat([b["mel"] for b in batches])
-
-
-def separation_auc(module: SyncNetModule, frames: torch.Tensor, mel: torch.Tensor) -> float:
-    """ROC AUC of in-sync against off-sync (>= min_offset frames) pairs of the clips, every face
-    window against every mel window, through the module's own validation step."""
-    module.eval()
-    module.val_auc.reset()
-    with torch.no_grad():
-        module.validation_step({"frames": frames, "mel": mel}, 0)
-    auc = float(module.val_auc.compute())
-    module.val_auc.reset()
-    module.train()
-    return auc
-
-
-@pytest.mark.slow
-def test_syncnet_learns_to_separate_in_sync_from_off_sync(tiny_corpus) -> None:
-    """A narrow SyncNet trained through the module's own training step (random 10-frame windows of
-    the training clips: one in-sync and one off-sync mel window per face window; Adam with a cosine
-    schedule) separates in-sync from off-sync pairs of those clips clearly better than before.
-
-    Marked slow: minutes on a shared 2-core CPU. Held-out identities are not asserted: the tiny corpus
-    has two training clips of 30 frames, too few for a run this short to generalise (see the report)."""
-    torch.manual_seed(0)
-    frames, mel = whole_clips(tiny_corpus.shard_dir, "train")
-    module = SyncNetModule(
-        SyncNet(width=0.125),
-        optimizer=partial(torch.optim.Adam, lr=LEARN["lr"]),
-        scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=LEARN["steps"]),
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = hydra.utils.instantiate(cfg.model)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
-    optimizers = module.configure_optimizers()
-    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
-    before = separation_auc(module, frames, mel)
-    window = LEARN["window"]
-    for step in range(LEARN["steps"]):
-        clip = torch.randint(0, frames.shape[0], (LEARN["batch"],))
-        start = torch.randint(0, frames.shape[1] - window + 1, (LEARN["batch"],))
-        index = start[:, None] + torch.arange(window)
-        loss = module.training_step(
-            {"frames": frames[clip[:, None], index], "mel": mel[clip[:, None], index]}, step
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    after = separation_auc(module, frames, mel)
-    assert after > 0.6 and after > before + 0.1, (
-        f"AUC {after:.3f} after {LEARN['steps']} steps, {before:.3f} before"
+    before = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/auc"])
+    trainer.fit(module, datamodule=datamodule)
+    after = float(trainer.callback_metrics["val/auc"])
+    separation = float(trainer.callback_metrics["val/separation"])
+    print(
+        f"held-out ROC AUC {before:.3f} -> {after:.3f} after {trainer.global_step} steps; "
+        f"in-sync minus off-sync similarity {separation:.3f}"
     )
+    assert trainer.global_step == 800
+    assert after > 0.65 and after > before + 0.1
+    assert separation > 0.05
