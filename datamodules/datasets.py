@@ -22,6 +22,7 @@ silence (the waveform).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,10 @@ from litdata.streaming.sampler import ChunkedIndex
 
 from datamodules.audio import SAMPLES_PER_FRAME, mel_windows
 from datamodules.shards import COEFF_SLICES, IMAGE_STACKS, as_clip, decode_image, num_images
+
+# litdata logs its cache budget at INFO each time a dataset starts an epoch (hundreds of lines per run);
+# local shards use no cache, so only its warnings are kept.
+logging.getLogger("litdata.utilities.format").setLevel(logging.WARNING)
 
 MFCC_RATE = 100  # python_speech_features default winstep 10 ms
 MFCC_WINDOW_SAMPLES = 400  # python_speech_features default winlen 25 ms at 16 kHz

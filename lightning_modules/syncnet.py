@@ -118,6 +118,7 @@ class SyncNetModule(L.LightningModule):
         self.min_offset = min_offset
         self.max_eval_offset = max_eval_offset
         self.val_auc = BinaryAUROC()
+        self.test_auc = BinaryAUROC()
 
     def _check(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         if "frames" not in batch:
@@ -160,6 +161,13 @@ class SyncNetModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate(batch, "val", self.val_auc)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate(batch, "test", self.test_auc)
+
+    def evaluate(self, batch: dict[str, Any], split: str, auc: BinaryAUROC) -> None:
+        """The deterministic pair scores of one batch, logged under `split/` (see the module docstring)."""
         frames, mel = self._check(batch)
         batch_size, length = frames.shape[:2]
         # Every face window s = 0..T-5 against every mel window j: in sync where j = s, off sync
@@ -178,15 +186,15 @@ class SyncNetModule(L.LightningModule):
         accuracy = 0.5 * ((positive > 0.5).float().mean() + (negative <= 0.5).float().mean())
         scores = torch.cat([positive.flatten(), negative.flatten()])
         labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(scores.device)
-        self.val_auc.update(scores, labels.long())
+        auc.update(scores, labels.long())
         log = partial(self.log, on_epoch=True, batch_size=batch_size)
-        log("val/loss", loss, prog_bar=True)
-        log("val/acc", accuracy)
-        log("val/separation", positive.mean() - negative.mean())
-        log("val/auc", self.val_auc, prog_bar=True)
+        log(f"{split}/loss", loss, prog_bar=True)
+        log(f"{split}/acc", accuracy)
+        log(f"{split}/separation", positive.mean() - negative.mean())
+        log(f"{split}/auc", auc, prog_bar=True)
         measures = sync_measures(self.syncnet, frames, mel, self.max_eval_offset)
-        log("val/sync_conf", measures["confidence"].mean())
-        log("val/sync_offset", measures["offset"].abs().float().mean())
+        log(f"{split}/sync_conf", measures["confidence"].mean())
+        log(f"{split}/sync_offset", measures["offset"].abs().float().mean())
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])

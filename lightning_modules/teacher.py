@@ -153,13 +153,21 @@ class Wav2LipTeacherModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses, batch_size = self.evaluate(batch, "val")
+        self.val_sync.update(losses["sync"], weight=batch_size)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def evaluate(self, batch: dict[str, Any], split: str) -> tuple[dict[str, Tensor], int]:
+        """The losses of one batch with the farthest reference (deterministic), logged under `split/`."""
         max_gap = self._max_gap(batch)
         batch_size = batch["frames"].shape[0]
         gaps = torch.full((batch_size,), max_gap, device=self.device)
         losses, _ = self._losses(batch, gaps)
-        self.val_sync.update(losses["sync"], weight=batch_size)
         for name, value in losses.items():
-            self.log(f"val/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+            self.log(f"{split}/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+        return losses, batch_size
 
     def on_validation_epoch_end(self) -> None:
         """Wav2Lip's switch: once the generated faces fool the expert well enough, turn the sync term on."""

@@ -75,6 +75,23 @@ def test_window_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> 
     assert batch["landmarks"].max() <= 0.8 * 24 + 1e-4
 
 
+def test_evaluation_windows_have_their_own_length(shard_dir: Path) -> None:
+    """`eval_window_frames`: val / test windows of that length (clips are 8-11 frames here, so 8 covers the
+    shortest whole), the same every epoch, while training keeps `window_frames`."""
+    dm = make_dm(shard_dir, view="window", window_frames=3, eval_window_frames=8)
+    assert next(iter(dm.train_dataloader()))["coeffs"].shape[1] == 3
+    for loader in (dm.val_dataloader, dm.test_dataloader):
+        batch = next(iter(loader()))
+        assert batch["coeffs"].shape[1] == batch["mfcc"].shape[1] == batch["mel"].shape[1] == 8
+        assert batch["audio"].shape[1] == 640 * 8
+    first, again = epoch(dm.val_dataloader()), epoch(dm.val_dataloader())
+    assert first == again and len(first) == 4
+    assert (
+        next(iter(make_dm(shard_dir, view="window", window_frames=3).val_dataloader()))["coeffs"].shape[1]
+        == 3
+    )
+
+
 def test_frame_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> None:
     dm = make_dm(shard_dir, view="frame", num_references=3, mask_mode="landmark_hull")
     batch = next(iter(dm.train_dataloader()))

@@ -150,6 +150,24 @@ def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tmp_p
     run_cli([*common, "task=predict", f"ckpt_path={checkpoint}"])
 
 
+@pytest.mark.parametrize(("stage", "metric"), [("syncnet", "test/auc"), ("teacher", "test/l1")])
+def test_expert_and_teacher_evaluate_a_trained_checkpoint(
+    stage: str, metric: str, corpus_args, random_syncnet_expert, tmp_path
+) -> None:
+    """`task=test` on a checkpoint of the lip-sync expert and of the teacher; each run's metrics.json holds
+    what it logged."""
+    common = [f"experiment={stage}", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET, *corpus_args]
+    common += stage_overrides(stage, random_syncnet_expert)
+    run_task(compose_config([*common, "trainer.max_steps=1"], tmp_path / "train"))
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert trained["task"] == "train" and trained["global_step"] == 1 and "train/loss" in trained["metrics"]
+    checkpoint = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    run_task(compose_config([*common, "task=test", f"ckpt_path={checkpoint}"], tmp_path / "test"))
+    tested = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert tested["task"] == "test" and tested["experiment_name"] == stage
+    assert 0.0 <= tested["metrics"][metric] < float("inf")
+
+
 def test_sweep_with_ddp_inside_yields_one_run_per_job(corpus_args, tmp_path) -> None:
     """`-m` over two learning rates with 2 DDP ranks per job: two job directories, each with its
     metric, and no stray directories from the DDP child processes (the lightning-hydra-template trap).
