@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -37,6 +38,23 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.paths.output_dir = str(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+def instantiate_quietly(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """(datamodule, module, trainer) of a composed config, the trainer without loggers, callbacks,
+    checkpoints, sanity check or progress bar: for tests that train and read `trainer.callback_metrics`."""
+    import hydra
+
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    return hydra.utils.instantiate(cfg.data), hydra.utils.instantiate(cfg.model), trainer
 
 
 def run_cli(

@@ -268,26 +268,14 @@ def test_demo_training_beats_the_mean_expression_baseline(default_corpus, tmp_pa
 
     Not near 0: the fitted expressions also move in ways audio cannot predict (blinks, slow smiles, the
     fit's own noise on 68 detected landmarks); a linear read-out of the true audio drive of the
-    synthetic lips reaches 0.70 x (docs/benchmarks.md, "Stage 1")."""
-    import hydra
-
-    from tests.helpers import compose_config
+    synthetic lips reaches 0.69 x (`bench/bench_fit_prior.py`, docs/benchmarks.md)."""
+    from tests.helpers import compose_config, instantiate_quietly
 
     L.seed_everything(1234)
     cfg = compose_config(
         ["experiment=demo", f"data.shard_dir={default_corpus}", f"paths.log_dir={tmp_path}"], tmp_path / "run"
     )
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[],
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    datamodule, module, trainer = instantiate_quietly(cfg)
     trainer.fit(module, datamodule=datamodule)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
     aed_ratio = metrics["val/aed"] / metrics["val/aed_mean_baseline"]

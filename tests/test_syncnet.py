@@ -142,27 +142,16 @@ def test_demo_syncnet_separates_unseen_speakers(default_corpus, tmp_path: Path) 
     separates in-sync from off-sync pairs (>= 2 frames apart) of the 4 validation speakers, none seen in
     training, far better than chance and than before training (measured ROC AUC 0.78-0.87 over seeds),
     through the module's own validation metrics."""
-    import hydra
     import lightning as L
 
-    from tests.helpers import compose_config
+    from tests.helpers import compose_config, instantiate_quietly
 
     L.seed_everything(1234)
     cfg = compose_config(
         ["experiment=demo_syncnet", f"data.shard_dir={default_corpus}", f"paths.log_dir={tmp_path}"],
         tmp_path / "run",
     )
-    datamodule = hydra.utils.instantiate(cfg.data)
-    module = hydra.utils.instantiate(cfg.model)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[],
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    datamodule, module, trainer = instantiate_quietly(cfg)
     before = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/auc"])
     trainer.fit(module, datamodule=datamodule)
     after = float(trainer.callback_metrics["val/auc"])
