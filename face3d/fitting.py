@@ -20,7 +20,7 @@ the nose bridge (28-30) and the inner lips (60-67) 20x (`DEEP3D_LANDMARK_WEIGHTS
 on this energy. Without its photometric term 68 landmarks pin down only about a dozen of the 64
 expression directions, so the prior here is stronger (w_exp 1): measured on the synthetic corpus, the
 unconstrained directions otherwise fill the fitted expressions with noise that no audio model can
-predict (docs/benchmarks.md, "3DMM fit").
+predict (`bench/bench_fit_prior.py`, figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations

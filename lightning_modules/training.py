@@ -150,7 +150,9 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) ->
         "task": cfg.task,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "global_step": int(global_step),
-        "metrics": {key: float(value) for key, value in sorted(metrics.items()) if torch.numel(value) == 1},
+        "metrics": {
+            key: float(value) for key, value in sorted(metrics.items()) if torch.as_tensor(value).numel() == 1
+        },
     }
     path = os.path.join(cfg.paths.output_dir, METRICS_FILE)
     tmp = f"{path}.tmp"

@@ -35,12 +35,13 @@ QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 @pytest.fixture(scope="module")
 def random_syncnet_expert(tmp_path_factory) -> Path:
-    """A SyncNet expert file in the official `lipsync_expert.pth` layout, randomly initialised (the
-    teacher's fast_dev_run needs a frozen expert; training one is test_syncnet's business)."""
+    """A SyncNet expert file in the official `lipsync_expert.pth` layout, randomly initialised and a
+    quarter wide (`load_syncnet` reads the width from the file; the teacher's runs need a frozen expert,
+    training one is test_syncnet's business)."""
     from lightning_modules.networks.syncnet import SyncNet
 
     path = tmp_path_factory.mktemp("weights") / "lipsync_expert.pth"
-    torch.save({"state_dict": SyncNet().state_dict()}, path)
+    torch.save({"state_dict": SyncNet(width=0.25).state_dict()}, path)
     return path
 
 

@@ -208,7 +208,7 @@ class AudioToExpressionNet(nn.Module):
         if head_init_std is not None:
             # Start at the neutral face (beta* ~ 0, about the mean of fitted expressions) instead of
             # +-0.1 random offsets on every coefficient, which adaptive optimisers take hundreds of
-            # steps to pull back (measured: docs/benchmarks.md, "Stage 1").
+            # steps to pull back (docs/benchmarks.md, "Stage 1 on the synthetic corpus").
             nn.init.normal_(self.head.weight, std=head_init_std)
             nn.init.zeros_(self.head.bias)
 
