@@ -98,8 +98,8 @@ def main() -> None:
         "data.image_size=96",
     ]
     run_dirs = []
-    for name, switches in rows.items():
-        for seed in args.seeds:
+    for seed in args.seeds:  # a whole table per seed first: a study cut short still compares every row
+        for name, switches in rows.items():
             run_dir = log_dir / "train" / name / "a2e_ablations" / f"seed{seed}"
             run(
                 [

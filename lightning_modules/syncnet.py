@@ -11,7 +11,8 @@ anywhere in the video; a window of T frames bounds the offset by T - 1). Every c
 positive and one negative, so the classes are balanced. Validation is deterministic: every face
 window of the batch against every mel window, reported as the class-balanced loss and accuracy (at
 0.5), ROC AUC and the mean in-sync minus off-sync similarity ("separation"), plus the confidence and
-the absolute offset (frames) that `sync_measures` finds on the in-sync clips.
+the absolute offset (frames) that `sync_measures` finds on the in-sync clips; `task=test` logs the same
+under `test/`.
 
 `sync_measures` is the Sync metric other stages log: the SyncNet offset search of Chung & Zisserman
 (2016) as `syncnet_python` computes LSE-C / LSE-D, with this expert's unit embeddings.

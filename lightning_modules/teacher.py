@@ -16,6 +16,8 @@ The reference of each target is the frame `gap` later in the same window, with o
 from [`reference_min_gap`, T - lead - 5] (Wav2Lip draws a random "wrong window" of the same video, so
 that the generator cannot copy the target's mouth from its reference).
 
+Validation and `task=test` use the farthest reference of the window, so their losses are deterministic.
+
 `generate_semantic_frames` is what preprocessing calls to store the semantic images of the main paper
 (seed 002, section 1.2) for a clip.
 """
