@@ -100,6 +100,7 @@ def corpus_args(tiny_corpus) -> list[str]:
 
 @pytest.fixture(scope="session")
 def default_corpus(tmp_path_factory) -> Path:
+    """The shard dir of the default synthetic corpus, built as `make demo` builds it (module docstring)."""
     import hydra
 
     from tests.helpers import compose_config

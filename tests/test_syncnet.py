@@ -13,8 +13,6 @@ from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncne
 from lightning_modules.syncnet import SyncNetModule, sync_measures, sync_probability
 from tests.test_wav2lip import official_unit, random_state_dict, save_official_checkpoint
 
-# The learning test: a narrow network, a short run (CPU, 2 cores).
-
 
 def official_syncnet_shapes() -> dict[str, tuple]:
     """SyncNet_color's state-dict keys and shapes, transcribed from the layer list of
