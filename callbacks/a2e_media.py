@@ -107,13 +107,11 @@ class A2EMediaPanel(L.Callback):
         if self._window is None or logger is None or not trainer.is_global_zero:
             self._window = None
             return
-        from lightning_modules.stage1 import with_expression
-
         window, self._window = self._window, None
         renderer = face3d.FaceRenderer(pl_module.face_model, pl_module.camera.resized(self.image_size))
         with torch.no_grad():
             truth = renderer(window["coeffs"])["image"]
-            predicted = renderer(with_expression(window["coeffs"], window["prediction"]))["image"]
+            predicted = renderer(face3d.with_expression(window["coeffs"], window["prediction"]))["image"]
         side_by_side = torch.cat([truth, predicted], dim=-1).clamp(0, 1)  # (T, 3, H, 2W)
         frames = (side_by_side.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         path = Path(trainer.default_root_dir) / "media" / f"a2e_epoch{trainer.current_epoch:04d}.mp4"

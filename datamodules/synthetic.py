@@ -171,21 +171,9 @@ def _worker_setup(face_model: dict, image_size: int, camera: dict, torch_threads
 
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
-    model = build_model(face_model)
+    model = face3d.face_model_from_config(face_model)
     cam = face3d.PerspectiveCamera(**camera).resized(image_size)
     _WORKER.update(model=model, camera=cam)
-
-
-def build_model(face_model: Mapping[str, Any]):
-    """The morphable model from the `face_model` config node (`_target_` node or build_face_model kwargs)."""
-    import face3d
-
-    options = dict(face_model)
-    if "_target_" in options:
-        import hydra
-
-        return hydra.utils.instantiate(options)
-    return face3d.build_face_model(**options)
 
 
 def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:

@@ -230,6 +230,26 @@ class MorphableModel(nn.Module):
         return camera.project(self.landmarks_3d(coeffs))
 
 
+def with_expression(coeffs: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+    """coeffs (..., 257) with the expression part replaced by `expression` (..., 64); differentiable
+    with respect to `expression`."""
+    parts = MorphableModel.split_coeffs(coeffs)
+    parts["exp"] = expression
+    return MorphableModel.join_coeffs(**parts)
+
+
+def expression_of(coeffs: torch.Tensor) -> torch.Tensor:
+    """The 64 expression values of coeffs (..., 257)."""
+    return MorphableModel.split_coeffs(coeffs)["exp"]
+
+
+def face_model_from_config(node: Mapping[str, Any]) -> MorphableModel:
+    """The face model of a `face_model` config node (conf/face_model/*.yaml, with or without its
+    `_target_`): what every layer calls instead of instantiating the node itself."""
+    options = {key: value for key, value in dict(node).items() if key != "_target_"}
+    return build_face_model(**options)
+
+
 def build_face_model(
     source: str = "procedural",
     bfm_path: str | os.PathLike | None = None,

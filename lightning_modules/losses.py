@@ -8,6 +8,8 @@ batch size."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 
 def expression_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -23,3 +25,9 @@ def landmark_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if predicted.shape != target.shape:
         raise ValueError(f"landmark shapes differ: {tuple(predicted.shape)} vs {tuple(target.shape)}")
     return (predicted - target).abs().mean()
+
+
+def sync_loss(probability: Tensor, in_sync: Tensor) -> Tensor:
+    """Wav2Lip's `cosine_loss`: binary cross-entropy of the cosine similarity (clamped away from 0 and
+    1 so that the log stays finite) against the in-sync label."""
+    return F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), in_sync.to(probability.dtype))

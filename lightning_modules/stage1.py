@@ -12,7 +12,7 @@ Validation logs, besides the losses:
   continues the same mean) -- the floor any audio-driven model must beat;
 - `val/sync` (and `val/sync_gt`, the same for the ground-truth expressions), when a trained SyncNet is
   configured: faces rendered with the predicted expression are scored against the audio with the
-  offset-search confidence of `lightning_modules.syncnet.sync_measures` (LSE-C).
+  offset-search confidence of `lightning_modules.metrics.sync_measures` (LSE-C).
 """
 
 from __future__ import annotations
@@ -25,22 +25,15 @@ import torch
 from torch import nn
 
 import face3d
+from face3d import expression_of, with_expression
 from lightning_modules.losses import expression_l1, landmark_l1
-from lightning_modules.metrics import MOUTH_LANDMARKS, average_expression_distance, landmark_distance
-from lightning_modules.syncnet import load_syncnet, sync_measures
-
-
-def with_expression(coeffs: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
-    """coeffs (..., 257) with the expression part replaced by `expression` (..., 64); differentiable
-    with respect to `expression`."""
-    parts = face3d.MorphableModel.split_coeffs(coeffs)
-    parts["exp"] = expression
-    return face3d.MorphableModel.join_coeffs(**parts)
-
-
-def expression_of(coeffs: torch.Tensor) -> torch.Tensor:
-    """The 64 expression values of coeffs (..., 257)."""
-    return face3d.MorphableModel.split_coeffs(coeffs)["exp"]
+from lightning_modules.metrics import (
+    MOUTH_LANDMARKS,
+    average_expression_distance,
+    landmark_distance,
+    sync_measures,
+)
+from lightning_modules.networks.syncnet import load_syncnet
 
 
 class AudioToExpressionModule(L.LightningModule):
@@ -190,7 +183,7 @@ class AudioToExpressionModule(L.LightningModule):
 
     @torch.no_grad()
     def sync_score(self, coeffs: torch.Tensor, expression: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """Mean SyncNet confidence (`lightning_modules.syncnet.sync_measures`, LSE-C) of faces rendered
+        """Mean SyncNet confidence (`lightning_modules.metrics.sync_measures`, LSE-C) of faces rendered
         with `expression` (B, T, 64) against the mel windows (B, T, 80, 16). The renders keep the
         ground-truth identity, texture, pose and lighting, on a black background, framed by the
         configured camera."""

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 
 import face3d
 from callbacks.a2e_media import A2EMediaPanel
+from face3d import expression_of, with_expression
 from lightning_modules.networks.a2e import AudioToExpressionNet, LocalCrossModalAttention, count_complexity
 from lightning_modules.optim import Ranger
-from lightning_modules.stage1 import AudioToExpressionModule, expression_of, with_expression
+from lightning_modules.stage1 import AudioToExpressionModule
 
 MFCC_WINDOW = 28
 TINY_NET = dict(

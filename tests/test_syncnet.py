@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_modules.metrics import sync_measures, sync_probability
 from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncnet
-from lightning_modules.syncnet import SyncNetModule, sync_measures, sync_probability
+from lightning_modules.syncnet import SyncNetModule
 from tests.test_wav2lip import official_unit, random_state_dict, save_official_checkpoint
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lightning_modules.networks.syncnet import SyncNet
-from lightning_modules.networks.wav2lip import Wav2LipGenerator, load_wav2lip
-from lightning_modules.teacher import Wav2LipTeacherModule, generate_semantic_frames
+from lightning_modules.networks.wav2lip import Wav2LipGenerator, generate_semantic_frames, load_wav2lip
+from lightning_modules.teacher import Wav2LipTeacherModule
 
 
 def official_unit(prefix: str, cin: int, cout: int, kernel: int, transpose: bool = False) -> dict[str, tuple]:

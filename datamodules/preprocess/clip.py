@@ -126,7 +126,7 @@ def process_clip(
     mel = audio_lib.melspectrogram(wave)
     semantic = None
     if tools.teacher is not None:
-        from lightning_modules.teacher import generate_semantic_frames
+        from lightning_modules.networks.wav2lip import generate_semantic_frames
 
         semantic = generate_semantic_frames(
             tools.teacher, crops, audio_lib.mel_windows(mel, np.arange(num_frames))

@@ -105,16 +105,15 @@ _TOOLS: dict[str, Tools] = {}
 def build_tools(settings: PreprocessSettings) -> Tools:
     import face3d
     from datamodules.preprocess.detect import make_detector
-    from datamodules.synthetic import build_model
 
     detector_cfg = dict(settings.detector)
     backend = detector_cfg.get("backend", "dlib")
     detector = make_detector(backend, detector_cfg.get(backend) or {})
-    model = build_model(settings.face_model).to(settings.device)
+    model = face3d.face_model_from_config(settings.face_model).to(settings.device)
     camera = face3d.PerspectiveCamera(**settings.camera).resized(settings.clip.crop_size)
     teacher = None
     if settings.teacher_checkpoint:
-        from lightning_modules.teacher import load_wav2lip
+        from lightning_modules.networks.wav2lip import load_wav2lip
 
         teacher = load_wav2lip(settings.teacher_checkpoint)
     return Tools(detector=detector, model=model, camera=camera, teacher=teacher)

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 IMAGE_SIZE = 96  # Wav2Lip's face crop, in pixels
@@ -253,3 +255,91 @@ def load_wav2lip(path: str | Path) -> Wav2LipGenerator:
     generator = Wav2LipGenerator(width=first.shape[0] / FACE_ENCODER[0][0][1])
     load_weights(generator, state_dict, path, "Wav2Lip generator")
     return generator.eval()
+
+
+# --- inference: the teacher's semantic images ----------------------------------------------------
+
+
+def resize_faces(images: Tensor, size: int = IMAGE_SIZE) -> Tensor:
+    """(N, 3, H, W) -> (N, 3, size, size), antialiased bilinear (a no-op at that size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+
+
+def generator_input(targets: Tensor, references: Tensor) -> Tensor:
+    """(N, 3, H, W) targets and references -> (N, 6, 96, 96): [lower-half-masked target, reference]."""
+    targets, references = resize_faces(targets), resize_faces(references)
+    return torch.cat([mask_lower_half(targets), references], dim=1)
+
+
+def _as_float_nchw(frames: np.ndarray | Tensor) -> tuple[Tensor, bool, bool]:
+    """frames (T, H, W, 3) or (T, 3, H, W), uint8 in [0, 255] or float in [0, 1] -> float (T, 3, H, W),
+    whether the input was channels-last, and whether it was uint8."""
+    tensor = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if tensor.dim() != 4 or 3 not in (tensor.shape[1], tensor.shape[-1]):
+        raise ValueError(f"frames must be (T, H, W, 3) or (T, 3, H, W), got {tuple(tensor.shape)}")
+    channels_last = tensor.shape[-1] == 3 and tensor.shape[1] != 3
+    is_uint8 = tensor.dtype == torch.uint8
+    tensor = tensor.permute(0, 3, 1, 2) if channels_last else tensor
+    tensor = tensor.float() / 255.0 if is_uint8 else tensor.float()
+    return tensor, channels_last, is_uint8
+
+
+@torch.no_grad()
+def generate_semantic_frames(
+    generator: Wav2LipGenerator,
+    frames: np.ndarray | Tensor,
+    mel: np.ndarray | Tensor,
+    references: np.ndarray | Tensor | None = None,
+    mel_lead: int = 1,
+    output_size: int | None = None,
+    batch_size: int = 32,
+) -> np.ndarray | Tensor:
+    """The teacher's frames for one clip: each face with its lower half re-drawn for the audio.
+
+    Args:
+        generator: a `Wav2LipGenerator`, e.g. `load_wav2lip(path)` of an official `wav2lip.pth` /
+            `wav2lip_gan.pth` or of an `experiment=teacher` checkpoint (load it once per corpus).
+        frames: the clip's face crops, (T, H, W, 3) or (T, 3, H, W), RGB, uint8 in [0, 255] or float
+            in [0, 1].
+        mel: (T, 80, 16), the mel window starting at each frame (as `view: window` batches carry it).
+            Frame t is driven by the window of frame t - `mel_lead` (clamped at 0), the timing the
+            teacher is trained with.
+        references: faces shown to the generator as its reference, same layout as `frames`; by default
+            the clip rolled by half its length, so that a frame's own mouth never reaches the generator
+            (the semantic image must follow the audio, not copy the frame).
+        output_size: side of the returned frames; default: the input's H x W.
+        batch_size: frames per generator call.
+
+    Returns the T generated frames in the layout and dtype of `frames` (uint8 stays uint8; numpy stays
+    numpy). The generator runs in eval mode on the device of its parameters."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    was_numpy = isinstance(frames, np.ndarray)
+    faces, channels_last, is_uint8 = _as_float_nchw(frames)
+    length, height, width = faces.shape[0], faces.shape[2], faces.shape[3]
+    mel = torch.as_tensor(np.asarray(mel) if isinstance(mel, np.ndarray) else mel).float()
+    if mel.shape != (length, 80, 16):
+        raise ValueError(f"mel must be ({length}, 80, 16) for {length} frames, got {tuple(mel.shape)}")
+    if references is None:
+        refs = faces.roll(shifts=length // 2, dims=0)
+    else:
+        refs = _as_float_nchw(references)[0]
+        if refs.shape[0] != length:
+            raise ValueError(f"references must have one face per frame ({length}), got {refs.shape[0]}")
+    driving = mel[(torch.arange(length) - mel_lead).clamp(min=0)]
+    outputs = []
+    for start in range(0, length, batch_size):
+        chunk = slice(start, start + batch_size)
+        inputs = generator_input(faces[chunk].to(device), refs[chunk].to(device))
+        outputs.append(generator(driving[chunk].to(device), inputs).cpu())
+    out = torch.cat(outputs)
+    size = (output_size, output_size) if output_size is not None else (height, width)
+    if out.shape[-2:] != size:
+        out = F.interpolate(out, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+    if is_uint8:
+        out = (out * 255.0).round().to(torch.uint8)
+    if channels_last:
+        out = out.permute(0, 2, 3, 1).contiguous()
+    return out.numpy() if was_numpy else out
