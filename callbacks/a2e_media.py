@@ -10,47 +10,16 @@ few frames, small renders.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
 import face3d
-
-
-def write_video_with_audio(
-    path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: int = 25, sample_rate: int = 16000
-) -> Path:
-    """frames uint8 (T, H, W, 3) RGB (H, W even) and mono audio float in [-1, 1] -> an H.264 + AAC mp4."""
-    path = Path(path)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 (yuv420p) needs even sizes, got {frames.shape[1]} x {frames.shape[2]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-        for image in frames:
-            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(video.encode(None))
-        samples = np.clip(audio, -1.0, 1.0).astype(np.float32)[None]
-        chunk = sound.codec_context.frame_size or 1024
-        for start in range(0, samples.shape[1], chunk):
-            piece = np.ascontiguousarray(samples[:, start : start + chunk])
-            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = start
-            frame.time_base = Fraction(1, sample_rate)
-            container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
-    return path
+from datamodules.preprocess.video import write_mp4
 
 
 class A2EMediaPanel(L.Callback):
@@ -98,6 +67,7 @@ class A2EMediaPanel(L.Callback):
             "coeffs": batch["coeffs"][0, :frames].detach(),
             "prediction": outputs["prediction"][0, :frames].detach(),
             "audio": batch["audio"][0, : frames * 640].detach().cpu(),
+            "albedo": face3d.clip_albedo(batch["albedo"][:1] if "albedo" in batch else None, frames),
         }
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -110,12 +80,14 @@ class A2EMediaPanel(L.Callback):
         window, self._window = self._window, None
         renderer = face3d.FaceRenderer(pl_module.face_model, pl_module.camera.resized(self.image_size))
         with torch.no_grad():
-            truth = renderer(window["coeffs"])["image"]
-            predicted = renderer(face3d.with_expression(window["coeffs"], window["prediction"]))["image"]
+            truth = renderer(window["coeffs"], albedo=window["albedo"])["image"]
+            predicted = renderer(
+                face3d.with_expression(window["coeffs"], window["prediction"]), albedo=window["albedo"]
+            )["image"]
         side_by_side = torch.cat([truth, predicted], dim=-1).clamp(0, 1)  # (T, 3, H, 2W)
         frames = (side_by_side.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         path = Path(trainer.default_root_dir) / "media" / f"a2e_epoch{trainer.current_epoch:04d}.mp4"
-        write_video_with_audio(path, frames, window["audio"].numpy())
+        write_mp4(path, frames, window["audio"].numpy())
         logger.log_video(
             self.key, videos=[str(path)], step=trainer.global_step, caption=["ground truth | predicted"]
         )

@@ -1,8 +1,9 @@
 """16 kHz mono audio helpers shared by the synthetic corpus, preprocessing and the datamodules.
 
-- `synthesize_speech`: a built-in source-filter "speech-like" signal (glottal pulses through vowel
-  formants, syllable envelopes, fricative bursts, pauses) so the demo corpus needs no system package.
-- `espeak_speech`: real synthetic speech from the espeak-ng command when it is installed.
+- `synthesize_speech`: a built-in source-filter "speech-like" signal (words of syllables: closures,
+  bursts and fricatives, voiced vowels through formants, gaps and pauses): the synthetic corpus's
+  default audio, the same on every machine and needing no system package.
+- `espeak_speech`: real synthetic speech from the espeak-ng command, where it is installed.
 - `mfcc`: python_speech_features MFCC with its default parameters (13 coefficients, 25 ms window,
   10 ms step, i.e. 100 frames/s), as the A2E audio encoder of the main paper (seed 002) uses.
 - `melspectrogram`: the 80-bin mel spectrogram of Wav2Lip (Prajwal et al. 2020, `hparams.py` /
@@ -89,55 +90,73 @@ def _resonator(signal: np.ndarray, freq: float, bandwidth: float, sr: int) -> np
     return scipy.signal.lfilter([1 - r], [1, -a1, -a2], signal)
 
 
+def _voiced(n: int, pitch: float, vowel: np.ndarray, rng: np.random.Generator, sr: int) -> np.ndarray:
+    """n samples of a vowel: a glottal pulse train with a gliding pitch through three formants."""
+    t = np.arange(n) / sr
+    f0 = pitch * (1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 6)))
+    phase = np.cumsum(f0 / sr)
+    source = np.diff((phase % 1.0) - 0.5, prepend=-0.5)  # pulse-like excitation
+    return sum(
+        _resonator(source, f, bw, sr) * g for f, bw, g in zip(vowel, (80.0, 100.0, 140.0), (1.0, 0.6, 0.3))
+    )
+
+
 def synthesize_speech(
     duration_s: float,
     seed: int,
     sample_rate: int = SAMPLE_RATE,
-    syllable_rate_hz: float = 4.5,
+    syllables_per_word: tuple[int, int] = (1, 3),
+    word_gap_s: tuple[float, float] = (0.06, 0.3),
     pause_probability: float = 0.15,
     pitch_hz: tuple[float, float] = (95.0, 210.0),
 ) -> np.ndarray:
-    """A deterministic speech-like waveform: syllables of voiced vowels (glottal pulse train through
-    three formant resonators) separated by short fricative bursts and occasional pauses, with a
-    drifting pitch contour. Loudness and vowel quality change every syllable, which is what makes the
-    audio -> lips mapping of the synthetic corpus learnable. Returns float32 in [-1, 1]."""
+    """A deterministic speech-like waveform with the timing structure of speech: words of 1-3 syllables
+    separated by short gaps (and now and then a longer pause); each syllable is an onset (a plosive:
+    a silent closure then a burst; a fricative: band-passed noise; or none) and a voiced vowel
+    (glottal pulses through three formant resonators) with its own loudness and vowel quality.
+
+    The closures, gaps and pauses are what make the audio drive the synthetic lips the way espeak-ng's
+    speech does: the mouth closes and opens every syllable and rests between words, so that the lips
+    carry more than the fitting noise (an envelope that never falls silent keeps the jaw half open
+    all the time and leaves stage 1 nothing to learn beyond the mean). Returns float32 in [-1, 1]."""
     rng = np.random.default_rng(seed)
-    num_samples = int(round(duration_s * sample_rate))
-    out = np.zeros(num_samples, dtype=np.float64)
+    sr = sample_rate
+    num_samples = int(round(duration_s * sr))
+    out = np.zeros(num_samples + sr, dtype=np.float64)  # room for the last syllable
     base_pitch = rng.uniform(*pitch_hz)
-    position = int(rng.uniform(0.0, 0.15) * sample_rate)
+    position = int(rng.uniform(0.0, 0.15) * sr)
     while position < num_samples:
-        length = int(sample_rate * rng.uniform(0.6, 1.4) / syllable_rate_hz)
-        end = min(position + length, num_samples)
-        n = end - position
-        if n <= 0:
-            break
-        if rng.random() < pause_probability:
-            position = end
-            continue
-        t = np.arange(n) / sample_rate
-        # glottal source: pulse train with jittered, gliding pitch, smoothed into a sawtooth-like wave
-        f0 = base_pitch * (1.0 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 6)))
-        phase = np.cumsum(f0 / sample_rate)
-        source = (phase % 1.0) - 0.5
-        source = np.diff(source, prepend=source[0])  # pulse-like excitation
-        vowel = VOWEL_FORMANTS[rng.integers(len(VOWEL_FORMANTS))] * rng.uniform(0.92, 1.08)
-        voiced = sum(
-            _resonator(source, f, bw, sample_rate) * g
-            for f, bw, g in zip(vowel, (80.0, 100.0, 140.0), (1.0, 0.6, 0.3))
-        )
-        # onset consonant: a short band-passed noise burst (fricative/plosive)
-        burst_len = min(n, int(sample_rate * rng.uniform(0.02, 0.07)))
-        noise = rng.standard_normal(n) * (np.arange(n) < burst_len)
-        fricative = _resonator(noise, rng.uniform(2500, 6000), 1500.0, sample_rate) * rng.uniform(0.1, 0.4)
-        envelope = np.sin(np.pi * np.clip((np.arange(n) - burst_len) / max(n - burst_len, 1), 0, 1)) ** 0.7
-        loudness = rng.uniform(0.35, 1.0)
-        out[position:end] += loudness * envelope * voiced + fricative
-        position = end
-    peak = np.abs(out).max()
-    if peak > 0:
-        out = 0.8 * out / peak
-    return out.astype(np.float32)
+        for _ in range(rng.integers(syllables_per_word[0], syllables_per_word[1] + 1)):
+            onset = rng.choice(("plosive", "fricative", "none"), p=(0.4, 0.35, 0.25))
+            if onset == "plosive":
+                position += int(rng.uniform(0.03, 0.07) * sr)  # lips closed, no sound
+                burst = int(rng.uniform(0.01, 0.025) * sr)
+                noise = rng.standard_normal(burst) * rng.uniform(0.15, 0.4)
+                out[position : position + burst] += _resonator(noise, rng.uniform(1000, 4000), 2500.0, sr)
+                position += burst
+            elif onset == "fricative":
+                length = int(rng.uniform(0.05, 0.12) * sr)
+                noise = rng.standard_normal(length) * np.hanning(length) * rng.uniform(0.1, 0.35)
+                out[position : position + length] += _resonator(noise, rng.uniform(2500, 6000), 1500.0, sr)
+                position += length
+            length = int(rng.uniform(0.1, 0.24) * sr)
+            vowel = VOWEL_FORMANTS[rng.integers(len(VOWEL_FORMANTS))] * rng.uniform(0.92, 1.08)
+            envelope = np.sin(np.pi * np.arange(length) / length) ** 0.5
+            loudness = rng.uniform(0.6, 1.0)
+            out[position : position + length] += (
+                loudness * envelope * _voiced(length, base_pitch, vowel, rng, sr)
+            )
+            position += length
+        gap = rng.uniform(0.3, 0.7) if rng.random() < pause_probability else rng.uniform(*word_gap_s)
+        position += int(gap * sr)
+    out = out[:num_samples]
+    # Loudness normalisation, not peak: pulse trains have a high crest factor, and peak-normalised
+    # they would sit ~10 dB below espeak-ng's speech. The loudest frames land at -14 dBFS.
+    frames = out[: len(out) // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME].reshape(-1, SAMPLES_PER_FRAME)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    if rms.max() > 0:
+        out = out * (10 ** (-14 / 20) / np.percentile(rms[rms > 0.05 * rms.max()], 95))
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
 # --- espeak-ng ---------------------------------------------------------------------------------------
@@ -164,7 +183,10 @@ def espeak_speech(
     """Real synthetic speech of seeded random words from espeak-ng, resampled to 16 kHz and fitted to
     `duration_s` (trimmed or zero-padded). Raises RuntimeError if espeak-ng is missing or fails."""
     if not espeak_available():
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng); use synthesize_speech")
+        raise RuntimeError(
+            "audio source 'espeak' needs the espeak-ng program, which is not installed: `make system-deps` "
+            "(apt-get install espeak-ng), or data.synthetic.audio_source=builtin"
+        )
     rng = np.random.default_rng(seed)
     count = max(2, int(duration_s * words_per_second * 1.3))
     text = " ".join(rng.choice(WORDS, size=count))
@@ -187,11 +209,17 @@ def espeak_speech(
     return (0.8 * wave / peak).astype(np.float32) if peak > 0 else wave
 
 
-def speech(duration_s: float, seed: int, use_espeak: bool = True) -> np.ndarray:
-    """espeak-ng speech when asked for and installed, otherwise the built-in synthesiser."""
-    if use_espeak and espeak_available():
+AUDIO_SOURCES = ("builtin", "espeak")
+
+
+def speech(duration_s: float, seed: int, source: str = "builtin") -> np.ndarray:
+    """Speech for the synthetic corpus: `builtin` (`synthesize_speech`, the same on every machine) or
+    `espeak` (espeak-ng's, which must be installed: `make system-deps`)."""
+    if source == "builtin":
+        return synthesize_speech(duration_s, seed)
+    if source == "espeak":
         return espeak_speech(duration_s, seed)
-    return synthesize_speech(duration_s, seed)
+    raise ValueError(f"audio source must be one of {AUDIO_SOURCES}, got {source!r}")
 
 
 # --- features ----------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """The per-stage views of the clip shards, as litdata `StreamingDataset`s.
 
-Each clip yields one example per epoch. Everything random about an example (the window start, the
-target frame, the references, the jitter) comes from a generator seeded by (seed, epoch, sample
-index), so an example does not depend on the worker, the rank or the order it is read in: runs are
-reproducible, and a resumed loader produces the very examples the interrupted one would have.
+Training streams the clips through litdata (`examples_per_clip` draws per clip and epoch). Everything
+random about an example (the window start, the target frame, the references, the jitter) comes from a
+generator seeded by (seed, epoch, sample index), so an example does not depend on the worker, the rank
+or the order it is read in: runs are reproducible, and a resumed loader produces the very examples the
+interrupted one would have.
+
+Evaluation reads the clips by index instead (`EvaluationExamples`): an explicit list of
+(clip, window start or frame) covering every frame of every clip, cut into one contiguous block per
+rank, so that validation and test score every clip once under any number of ranks.
 
 - `WindowDataset` (`view: window`): stage 1 (A2E), SyncNet and the Wav2Lip teacher; T consecutive
   frames with their audio features.
@@ -162,7 +167,8 @@ class ViewOptions:
     """What a view returns; the numbers come from conf/data/*.yaml."""
 
     image_size: int = 128
-    window_frames: int = 5
+    # None: the whole clip (prediction)
+    window_frames: int | None = 5
     mfcc_window: int = 28
     mel_window: int = 16
     load_frames: bool = False
@@ -200,10 +206,12 @@ def _decode_stack(clip: dict[str, Any], key: str, indices: np.ndarray, gray: boo
 
 
 class ClipDataset(StreamingDataset):
-    """A StreamingDataset over one split's shard dir that turns each stored clip into one example.
+    """A StreamingDataset over one split's shard dir that turns each stored clip into an example.
 
-    `vary_per_epoch`: draw new windows / targets each epoch (train) or the same ones every epoch
-    (val, test)."""
+    Streamed (training): `vary_per_epoch` draws new windows / targets each epoch; `examples_per_clip`
+    (litdata's upsampling) draws that many per clip and epoch, each with its own sample index. Read by
+    index (evaluation): `example_at(clip_index, position)` is the example at a given window start or
+    frame, the last clip read being kept, since consecutive evaluation examples share their clip."""
 
     def __init__(
         self,
@@ -213,22 +221,49 @@ class ClipDataset(StreamingDataset):
         shuffle: bool = False,
         vary_per_epoch: bool = True,
         drop_last: bool | None = None,
+        examples_per_clip: int = 1,
     ) -> None:
         # batch_decode=1: litdata would otherwise deserialise a window of whole clips ahead of the one
         # asked for, and with a shuffled order most of that work is thrown away (seen in a profile).
-        super().__init__(str(shard_dir), shuffle=shuffle, seed=seed, drop_last=drop_last, batch_decode=1)
+        super().__init__(
+            str(shard_dir),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            batch_decode=1,
+            subsample=float(examples_per_clip),
+        )
         self.options = options
         self.example_seed = seed
         self.vary_per_epoch = vary_per_epoch
+        self._last_clip: tuple[int, dict[str, Any]] | None = None
 
     def __getitem__(self, index: ChunkedIndex | int) -> dict[str, Any]:
         position = index.index if isinstance(index, ChunkedIndex) else int(index)
         clip = as_clip(super().__getitem__(index))
         epoch = int(self.current_epoch) if self.vary_per_epoch else 0
         rng = np.random.default_rng([self.example_seed, epoch, position])
-        return self.make_example(clip, rng)
+        return self.make_example(clip, rng, None)
 
-    def make_example(self, clip: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def clip_at(self, clip_index: int) -> dict[str, Any]:
+        if self._last_clip is None or self._last_clip[0] != clip_index:
+            self._last_clip = (clip_index, as_clip(super().__getitem__(clip_index)))
+        return self._last_clip[1]
+
+    def example_at(self, clip_index: int, position: int) -> dict[str, Any]:
+        """The example of clip `clip_index` at window start / frame `position` (its other draws, such
+        as references, seeded by both)."""
+        rng = np.random.default_rng([self.example_seed, clip_index, position])
+        return self.make_example(self.clip_at(clip_index), rng, position)
+
+    def make_example(
+        self, clip: dict[str, Any], rng: np.random.Generator, position: int | None
+    ) -> dict[str, Any]:
+        """The example of a clip; `position` (window start or frame) is drawn from `rng` when None."""
+        raise NotImplementedError
+
+    def positions(self, num_frames: int) -> list[int]:
+        """The positions that cover every frame of a clip of `num_frames` frames once (evaluation)."""
         raise NotImplementedError
 
     def _scale(self, clip: dict[str, Any]) -> float:
@@ -246,14 +281,26 @@ def mfcc_windows(mfcc: np.ndarray, frames: np.ndarray, width: int) -> np.ndarray
 
 
 class WindowDataset(ClipDataset):
-    """`view: window`: T consecutive frames of a clip (the window start is drawn per example).
+    """`view: window`: T consecutive frames of a clip (the window start is drawn per training example;
+    `window_frames: None` takes the whole clip).
 
-    Clips shorter than T repeat their last frame (a preprocessed corpus rejects such clips anyway)."""
+    Clips shorter than T repeat their last frame (a preprocessed corpus rejects such clips anyway).
+    Evaluation tiles each clip with consecutive windows, the last one ending at the clip's end."""
 
-    def make_example(self, clip: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def positions(self, num_frames: int) -> list[int]:
+        length = self.options.window_frames or num_frames
+        starts = list(range(0, max(num_frames - length, 0) + 1, length))
+        if starts[-1] + length < num_frames:
+            starts.append(num_frames - length)
+        return starts
+
+    def make_example(
+        self, clip: dict[str, Any], rng: np.random.Generator, position: int | None
+    ) -> dict[str, Any]:
         opts = self.options
-        n, length = clip["num_frames"], opts.window_frames
-        start = int(rng.integers(0, max(n - length, 0) + 1))
+        n = clip["num_frames"]
+        length = opts.window_frames or n
+        start = int(rng.integers(0, max(n - length, 0) + 1)) if position is None else int(position)
         frames = np.arange(start, start + length)
         indices = np.minimum(frames, n - 1)
         audio = np.zeros(length * SAMPLES_PER_FRAME, dtype=np.float32)
@@ -265,12 +312,16 @@ class WindowDataset(ClipDataset):
             "coeffs": torch.from_numpy(clip["coeffs"][indices]),
             "landmarks": torch.from_numpy(clip["landmarks"][indices] * np.float32(self._scale(clip))),
             "audio": torch.from_numpy(audio),
+            # (N, 3) per-vertex albedo of the clip, or (0, 3): what renders its face anew.
+            "albedo": torch.from_numpy(clip["albedo"]),
             "clip_id": clip["clip_id"],
             "start": start,
         }
         params = opts.jitter.draw(rng) if opts.jitter.enabled else None
         if num_images(clip["semantic_offsets"]) > 0:
-            semantic = _decode_stack(clip, "semantic", indices).astype(np.float32) / 255.0  # teacher's size
+            # At the configured image size, whatever size the teacher wrote (stage 1's image encoder and
+            # its Table 7 cost assume Wav2Lip's 96 px).
+            semantic = _to_float_images(_decode_stack(clip, "semantic", indices), opts.image_size)
             example["semantic"] = _chw(PhotometricJitter.apply(semantic, params) if params else semantic)
         if opts.load_frames:
             images = _to_float_images(_decode_stack(clip, "frames", indices), opts.image_size)
@@ -279,12 +330,18 @@ class WindowDataset(ClipDataset):
 
 
 class FrameDataset(ClipDataset):
-    """`view: frame`: a target frame with its I_3D, mouth-masked crop, face mask, and K references of
-    the same clip with their I_3D (Stage B of the main paper, seed 002)."""
+    """`view: frame`: a target frame with its I_3D, mouth-masked crop (and the mask), face mask, and K
+    references of the same clip with their I_3D, coefficients and landmarks (Stage B of the main paper,
+    seed 002; stage 3's keypoints)."""
 
-    def make_example(self, clip: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def positions(self, num_frames: int) -> list[int]:
+        return list(range(num_frames))
+
+    def make_example(
+        self, clip: dict[str, Any], rng: np.random.Generator, position: int | None
+    ) -> dict[str, Any]:
         opts = self.options
-        target = int(rng.integers(0, clip["num_frames"]))
+        target = int(rng.integers(0, clip["num_frames"])) if position is None else int(position)
         references = choose_references(
             clip["coeffs"], target, opts.num_references, opts.reference_policy, opts.reference_min_gap, rng
         )
@@ -294,23 +351,61 @@ class FrameDataset(ClipDataset):
             rgb = PhotometricJitter.apply(rgb, opts.jitter.draw(rng))
         landmarks = clip["landmarks"][target]
         masked = mouth_masked_crop(rgb[0], landmarks, opts.mask_mode, opts.mask_dilation)
+        mask = mouth_mask(*rgb.shape[1:3], landmarks, opts.mask_mode, opts.mask_dilation)
         size = opts.image_size
         rgb = _resize_stack(rgb, size)  # masked at the stored resolution, then resized alike
         masked = _resize_stack(masked[None], size)[0]
+        mask = _resize_stack(mask[None, ..., None].astype(np.float32), size)[0]
         renders = _to_float_images(_decode_stack(clip, "render3d", rgb_indices), size)
         face_mask = _to_float_images(_decode_stack(clip, "face_mask", [target], gray=True), size)
+        scale = np.float32(self._scale(clip))
         return {
             "target": _chw(rgb[0]),
             "render3d": _chw(renders[0]),
             "masked": _chw(masked),
+            "mouth_mask": _chw((mask > 0.5).astype(np.float32)),
             "face_mask": _chw(face_mask[0]),
             "references": _chw(rgb[1:]),
             "references_render3d": _chw(renders[1:]),
             "coeffs": torch.from_numpy(clip["coeffs"][target]),
-            "landmarks": torch.from_numpy(landmarks * np.float32(self._scale(clip))),
+            "landmarks": torch.from_numpy(landmarks * scale),
+            "references_coeffs": torch.from_numpy(clip["coeffs"][references]),
+            "references_landmarks": torch.from_numpy(clip["landmarks"][references] * scale),
             "clip_id": clip["clip_id"],
             "frame_index": target,
         }
 
 
 VIEWS: dict[str, type[ClipDataset]] = {"window": WindowDataset, "frame": FrameDataset}
+
+
+class EvaluationExamples(torch.utils.data.Dataset):
+    """Map-style evaluation examples: the items (clip index, position) of one rank, read by index from
+    a `ClipDataset`. `evaluation_items` lists them and cuts them into per-rank blocks."""
+
+    def __init__(self, examples: ClipDataset, items: list[tuple[int, int]]) -> None:
+        self.examples = examples
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        clip_index, position = self.items[index]
+        return self.examples.example_at(clip_index, position)
+
+
+def evaluation_items(
+    examples: ClipDataset, frame_counts: list[int], rank: int = 0, world_size: int = 1
+) -> list[tuple[int, int]]:
+    """Rank `rank`'s contiguous block of every (clip, position) that covers every frame of every clip.
+
+    Blocks differ in size by at most one example: no rank repeats an example to even them out (as a
+    distributed sampler would) and none is dropped (as litdata's streaming would)."""
+    items = [
+        (clip, position) for clip, count in enumerate(frame_counts) for position in examples.positions(count)
+    ]
+    if len(items) < world_size:
+        raise ValueError(f"{len(items)} evaluation examples cannot give each of {world_size} ranks one")
+    bounds = np.linspace(0, len(items), world_size + 1).round().astype(int)
+    return items[bounds[rank] : bounds[rank + 1]]

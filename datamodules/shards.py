@@ -20,6 +20,7 @@ Schema of one sample (`CLIP_SCHEMA`; `make_clip_sample` builds it, `validate_cli
 | `audio` | int16 (640 T,) | 16 kHz mono, frame t covers samples [640 t, 640 (t + 1)) |
 | `mfcc` | float32 (N, 13) | python_speech_features defaults, 100 frames/s |
 | `mel` | float32 (80, M) | Wav2Lip mel, 80 steps/s |
+| `albedo` | float32 (N, 3) or (0, 3) | per-vertex albedo in [0, 1] of the clip (texture: per_vertex) |
 
 litdata infers the serialisation format from the first sample, so every sample has every key with the
 same types; a clip without teacher frames carries an empty `semantic` blob rather than no key.
@@ -27,6 +28,7 @@ same types; a clip without teacher frames carries an empty `semantic` blob rathe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -61,6 +63,9 @@ SPLITS = ("train", "val", "test")
 TEXT_KEYS = ("clip_id", "identity", "source")
 MANIFEST_NAME = "manifest.jsonl"
 INDEX_NAME = "index.json"
+# Beside litdata's index: [clip_id, num_frames] of every clip in storage order, so that evaluation can
+# list every frame of a split without reading its clips.
+CLIPS_NAME = "clips.json"
 
 # key -> short description; the keys (and their order) every sample carries.
 CLIP_SCHEMA: dict[str, str] = {
@@ -82,6 +87,7 @@ CLIP_SCHEMA: dict[str, str] = {
     "audio": "int16 (640 T,)",
     "mfcc": "float32 (N, 13), 100 frames/s",
     "mel": "float32 (80, M), 80 steps/s",
+    "albedo": "float32 (N, 3) per-vertex albedo, or (0, 3)",
 }
 # image stack -> the key of its offsets
 IMAGE_STACKS = {
@@ -162,13 +168,16 @@ def make_clip_sample(
     mfcc: np.ndarray,
     mel: np.ndarray,
     semantic: np.ndarray | None = None,
+    albedo: np.ndarray | None = None,
     source: str = "",
     jpeg_quality: int = 95,
 ) -> dict[str, Any]:
     """Encode one preprocessed clip into a shard sample.
 
     frames, render3d: uint8 (T, S, S, 3) RGB; face_mask: uint8 or bool (T, S, S); semantic: uint8
-    (T, S', S', 3) or None; audio int16 (640 T,) (a float waveform in [-1, 1] is converted)."""
+    (T, S', S', 3) or None; albedo float32 (N, 3), the clip's per-vertex albedo (what renders its I_3D
+    anew with new expressions), or None when its texture coefficients hold it; audio int16 (640 T,) (a
+    float waveform in [-1, 1] is converted)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[1] != frames.shape[2] or frames.shape[3] != 3:
         raise ValueError(f"clip {clip_id}: frames must be (T, S, S, 3), got {frames.shape}")
@@ -204,6 +213,9 @@ def make_clip_sample(
         "audio": np.ascontiguousarray(audio),
         "mfcc": np.ascontiguousarray(mfcc, dtype=np.float32),
         "mel": np.ascontiguousarray(mel, dtype=np.float32),
+        "albedo": np.zeros((0, 3), np.float32)
+        if albedo is None
+        else np.ascontiguousarray(albedo, dtype=np.float32),
     }
     validate_clip_sample(sample)
     return sample
@@ -255,6 +267,7 @@ def validate_clip_sample(sample: dict[str, Any]) -> None:
     check("audio", np.int16, (t * SAMPLES_PER_FRAME,))
     check("mfcc", np.float32, (None, NUM_MFCC))
     check("mel", np.float32, (NUM_MELS, None))
+    check("albedo", np.float32, (None, 3))
 
 
 # --- writing -----------------------------------------------------------------------------------------
@@ -332,20 +345,32 @@ def _write_dataset(
         # here one process writes the whole dataset, whatever environment (a DDP rank, a SLURM task) it is
         # in, so it is rank 0 and merges its own index (litdata's private `_rank`, `_merge_no_wait`).
         writer._rank = 0
+        clips: list[tuple[str, int]] = []
         seen: set[str] = set()
         for index, sample in enumerate(samples):
             validate_clip_sample(sample)
             if sample["clip_id"] in seen:
                 raise ValueError(f"clip {sample['clip_id']} is given twice to write_shards({name})")
             seen.add(sample["clip_id"])
+            clips.append((sample["clip_id"], sample["num_frames"]))
             writer.add_item(index, _to_stored(sample))
-        if not seen:
+        if not clips:
             raise ValueError(f"write_shards({name}): no samples to write")
         writer.done()
         writer._merge_no_wait()
     if not (directory / INDEX_NAME).exists():
         raise RuntimeError(f"litdata wrote no {INDEX_NAME} in {directory}")
-    return len(seen)
+    (directory / CLIPS_NAME).write_text(json.dumps(clips))
+    return len(clips)
+
+
+def clip_frame_counts(shard_dir: str | os.PathLike) -> list[int]:
+    """The frame count of every clip of a shard dir, in storage order (read from `CLIPS_NAME`, or from
+    the clips themselves for shards written without it)."""
+    path = Path(shard_dir) / CLIPS_NAME
+    if path.is_file():
+        return [int(count) for _, count in json.loads(path.read_text())]
+    return [clip["num_frames"] for clip in ShardReader(shard_dir)]
 
 
 def is_complete_shard_dir(path: str | os.PathLike) -> bool:

@@ -1,8 +1,9 @@
 """The embedded synthetic talking-head corpus (METHOD.md §1.4 stand-in for VoxCeleb2 on machines without it).
 
 Each identity is a random draw of the procedural morphable model (identity, texture tint, SH lighting,
-placement) in front of its own smooth random background. Each clip has speech-like audio (espeak-ng
-when installed, else `audio.synthesize_speech`); the mouth follows the audio deterministically:
+placement) in front of its own smooth random background. Each clip has speech-like audio (by default
+the built-in `audio.synthesize_speech`, the same on every machine; espeak-ng's speech with
+`audio_source: espeak`); the mouth follows the audio deterministically:
 per video frame, loudness opens the jaw, low-frequency (vowel) energy rounds the lips, high-frequency
 (fricative) energy spreads them, silence presses them, so audio -> lips is learnable. The head moves
 with smooth sinusoidal sway plus, in some clips, one large turn; the eyes blink every few seconds.
@@ -18,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import torch
 from datamodules import audio as audio_lib
 from datamodules.preprocess.render import render_faces
 from datamodules.preprocess.video import write_mp4
+from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences, write_recipe
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +191,7 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     background = random_background(size, id_rng)
     clip_rng = np.random.default_rng([seed, job.identity_index, job.clip_index, 1])
     audio_seed = int(clip_rng.integers(2**31))
-    wave = audio_lib.speech(num_frames / audio_lib.VIDEO_FPS, audio_seed, use_espeak=settings["use_espeak"])
+    wave = audio_lib.speech(num_frames / audio_lib.VIDEO_FPS, audio_seed, settings["audio_source"])
     wave = audio_lib.fit_length(wave, num_frames * audio_lib.SAMPLES_PER_FRAME)
     exp = mouth_expression(
         audio_lib.frame_features(wave, num_frames), EXPRESSION_NAMES, motion, person["style"]
@@ -233,6 +236,44 @@ def clip_path(root: Path, identity: str, clip_index: int) -> Path:
     return root / "mp4" / identity / f"syn{clip_index:04d}" / "00001.mp4"
 
 
+# Bumped whenever the generator's code changes what it writes (2: speech with closures, gaps and
+# pauses, normalised by loudness).
+SYNTHETIC_VERSION = 2
+
+
+def corpus_recipe(
+    face_model: Mapping[str, Any],
+    num_identities: int,
+    clips_per_identity: int,
+    num_frames: int,
+    image_size: int,
+    seed: int,
+    split_fractions: Mapping[str, float] | None,
+    audio_source: str,
+    camera: Mapping[str, float] | None,
+    motion: Mapping[str, Any] | None,
+    crf: int,
+    **_: Any,
+) -> dict[str, Any]:
+    """What the corpus is made of: every generator setting that changes its files (not where they go or
+    how many processes make them), the face model's settings and fingerprint, and the code version."""
+    return {
+        "generator": "synthetic",
+        "version": SYNTHETIC_VERSION,
+        "face_model": face_model_recipe(face_model),
+        "num_identities": num_identities,
+        "clips_per_identity": clips_per_identity,
+        "num_frames": num_frames,
+        "image_size": image_size,
+        "seed": seed,
+        "split_fractions": dict(split_fractions or {}),
+        "audio_source": audio_source,
+        "camera": dict(camera or {}),
+        "motion": {**asdict(MotionParams()), **dict(motion or {})},
+        "crf": crf,
+    }
+
+
 def generate_synthetic_corpus(
     output_dir: str | os.PathLike,
     face_model: Mapping[str, Any],
@@ -242,7 +283,7 @@ def generate_synthetic_corpus(
     image_size: int = 160,
     seed: int = 0,
     split_fractions: Mapping[str, float] | None = None,
-    use_espeak: bool = True,
+    audio_source: str = "builtin",
     camera: Mapping[str, float] | None = None,
     motion: Mapping[str, Any] | None = None,
     render_batch: int = 25,
@@ -251,12 +292,38 @@ def generate_synthetic_corpus(
     torch_threads: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Writes the corpus under `output_dir` (see the module docstring); clips already on disk are kept
-    unless `overwrite`. `num_workers` > 0 renders clips in that many spawned processes (each with
-    `torch_threads` threads when set). Returns {num_clips, num_frames, seconds, splits}."""
+    """Writes the corpus under `output_dir` (see the module docstring) with its `recipe.json`. Clips already
+    on disk are kept unless `overwrite` (a killed run resumes), but only when they were made with the
+    same recipe: a corpus made otherwise (other settings, audio source, face model or generator version)
+    is deleted and made anew, with the differences logged. `num_workers` > 0 renders clips in that many
+    spawned processes (each with `torch_threads` threads when set). Returns {num_clips, num_frames,
+    seconds, splits}."""
     start = time.perf_counter()
+    if audio_source not in audio_lib.AUDIO_SOURCES:
+        raise ValueError(f"audio_source must be one of {audio_lib.AUDIO_SOURCES}, got {audio_source!r}")
+    if audio_source == "espeak" and not audio_lib.espeak_available():
+        audio_lib.espeak_speech(0.1, 0)  # raises the error that says how to install it
     root = Path(output_dir)
+    recipe = corpus_recipe(
+        face_model,
+        num_identities,
+        clips_per_identity,
+        num_frames,
+        image_size,
+        seed,
+        split_fractions,
+        audio_source,
+        camera,
+        motion,
+        crf,
+    )
+    recorded = read_recipe(root)
+    if (root / "mp4").exists() and (recorded is None or recipe_differences(recorded, recipe)):
+        changes = recipe_differences(recorded, recipe) if recorded else ["no recipe.json (an older corpus)"]
+        log.warning("synthetic corpus in %s was made otherwise, rebuilding it: %s", root, "; ".join(changes))
+        shutil.rmtree(root / "mp4")
     root.mkdir(parents=True, exist_ok=True)
+    write_recipe(root, recipe)  # first: the clips written from now on follow it, so a killed run resumes
     identities = [f"id{i:05d}" for i in range(num_identities)]
     splits = split_identities(
         identities, split_fractions or {"train": 0.75, "val": 0.125, "test": 0.125}, seed
@@ -278,7 +345,7 @@ def generate_synthetic_corpus(
         "seed": seed,
         "num_frames": num_frames,
         "image_size": image_size,
-        "use_espeak": use_espeak,
+        "audio_source": audio_source,
         "motion": dict(motion or {}),
         "render_batch": render_batch,
         "crf": crf,

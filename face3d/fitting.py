@@ -1,6 +1,7 @@
-"""Per-clip 3DMM coefficient fitting to 68 landmarks, with optional photometric refinement.
+"""Per-clip 3DMM coefficient fitting to 68 landmarks (shape and pose; appearance: face3d.appearance).
 
-Identity (and texture) are shared by every frame of a clip; expression, pose and lighting are per frame.
+Identity is shared by every frame of a clip; expression and pose are per frame. Texture and lighting
+are left at zero here and fitted afterwards from the images by `face3d.fit_appearance`.
 The energy follows the landmark + prior terms of Deng et al. 2019 (Deep3DFaceRecon), plus a temporal
 smoothness term over consecutive frames (a clip is one shot of one person):
 
@@ -8,11 +9,9 @@ smoothness term over consecutive frames (a clip is one shot of one person):
                                                                  w_k normalised to mean 1)
         + w_id |alpha|^2 + w_exp mean_t |beta_t|^2
         + w_smooth mean_t (|beta_t - beta_{t-1}|^2 + |pose_t - pose_{t-1}|^2)
-        [+ w_photo mean |I_t - R(coeffs_t)| over the face + w_tex |delta|^2 + w_gamma mean_t |gamma_t|^2]
 
 Optimised with Adam over all frames at once: a rigid stage (pose only) from a closed-form initial
-translation, then all landmark terms, then (if images are given and `photometric_steps` > 0)
-texture and lighting through the renderer with the landmark terms still on.
+translation, then all landmark terms.
 
 The default weights are Deep3DFaceRecon's, restated for a landmark-only fit: its `landmark_loss` weighs
 the nose bridge (28-30) and the inner lips (60-67) 20x (`DEEP3D_LANDMARK_WEIGHTS`), and its priors
@@ -46,7 +45,6 @@ class FitResult:
     coeffs: torch.Tensor
     landmarks: torch.Tensor
     landmark_error: torch.Tensor
-    photometric_error: torch.Tensor | None = None
 
     @property
     def mean_landmark_error(self) -> float:
@@ -85,24 +83,16 @@ def fit_landmarks(
     model: MorphableModel,
     camera: PerspectiveCamera,
     landmarks: torch.Tensor,
-    images: torch.Tensor | None = None,
     rigid_steps: int = 50,
     steps: int = 300,
-    photometric_steps: int = 0,
     lr: float = 0.03,
-    photometric_lr: float = 0.01,
     w_id: float = 1e-3,
     w_exp: float = 1.0,
     w_smooth: float = 1.0,
-    w_photo: float = 200.0,
-    w_tex: float = 1e-3,
-    w_gamma: float = 1e-2,
     landmark_weights: torch.Tensor | Mapping[int, float] | None = None,
 ) -> FitResult:
     """Fit one clip: landmarks (T, 68, 2) in `camera` pixels -> FitResult with coeffs (T, 257).
 
-    `images` (T, 3, H, W) in [0, 1], aligned with the landmarks (any H = W: the camera is resized),
-    enables the photometric refinement of texture and lighting for `photometric_steps` steps.
     `landmark_weights`: a (68,) tensor, or {index: weight} with 1 for the others (the config form);
     None: `DEEP3D_LANDMARK_WEIGHTS`.
     Iteration counts and weights are config values (conf/face_model/*.yaml, key `fitting`).
@@ -124,17 +114,13 @@ def fit_landmarks(
         "exp": torch.zeros(frames, COEFF_DIMS["exp"], device=device, requires_grad=True),
         "angle": torch.zeros(frames, 3, device=device, requires_grad=True),
         "trans": trans0.clone().requires_grad_(True),
-        "tex": torch.zeros(1, COEFF_DIMS["tex"], device=device, requires_grad=True),
-        "gamma": torch.zeros(frames, COEFF_DIMS["gamma"], device=device, requires_grad=True),
     }
 
     def coeffs() -> torch.Tensor:
         return model.join_coeffs(
             id=params["id"].expand(frames, -1),
             exp=params["exp"],
-            tex=params["tex"].expand(frames, -1),
             angle=params["angle"],
-            gamma=params["gamma"],
             trans=params["trans"],
         )
 
@@ -164,37 +150,8 @@ def fit_landmarks(
     run(["angle", "trans"], rigid_steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=False))
     run(["id", "exp", "angle", "trans"], steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=True))
 
-    photometric_error = None
-    if images is not None and photometric_steps > 0:
-        from face3d.renderer import FaceRenderer
-
-        if images.shape[0] != frames or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-            raise ValueError(f"images must be (T={frames}, 3, S, S), got {tuple(images.shape)}")
-        renderer = FaceRenderer(model, camera.resized(images.shape[-1]))
-        target = images.to(device).float()
-
-        def photo_error(c: torch.Tensor) -> torch.Tensor:
-            out = renderer(c)
-            per_pixel = (out["image"] - target).abs().sum(1, keepdim=True) * out["mask"]
-            return per_pixel.sum((1, 2, 3)) / out["mask"].sum((1, 2, 3)).clamp(min=1.0)  # (T,)
-
-        def photo_energy() -> torch.Tensor:
-            c = coeffs()
-            return (
-                w_photo * photo_error(c).mean()
-                + landmark_energy(c, with_shape_terms=True)
-                + w_tex * params["tex"].pow(2).sum()
-                + w_gamma * params["gamma"].pow(2).sum(-1).mean()
-            )
-
-        run(["tex", "gamma", "exp", "angle", "trans"], photometric_steps, photometric_lr, photo_energy)
-        with torch.no_grad():
-            photometric_error = photo_error(coeffs())
-
     with torch.no_grad():
         final = coeffs().detach()
         projected = model.landmarks_2d(final, camera)
         error = (projected - obs).norm(dim=-1).mean(-1)
-    return FitResult(
-        coeffs=final, landmarks=projected, landmark_error=error, photometric_error=photometric_error
-    )
+    return FitResult(coeffs=final, landmarks=projected, landmark_error=error)

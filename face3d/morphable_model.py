@@ -96,6 +96,7 @@ class MorphableModel(nn.Module):
         # Set from the config by build_face_model; defaults for a model built by hand.
         self.camera = PerspectiveCamera()
         self.fitting: dict[str, Any] = {}
+        self.appearance: dict[str, Any] = {}
         self.regressor_checkpoint: str | os.PathLike | None = None
         f32 = torch.float32
         self.register_buffer("mean_shape", torch.as_tensor(mean_shape, dtype=f32))
@@ -183,10 +184,20 @@ class MorphableModel(nn.Module):
         `normals` are the rotated (world-frame) normals. The 9 basis functions and their signs follow
         Deep3DFaceRecon so that fitted gammas carry over.
         """
-        a, c = SH_A, SH_C
         gamma = gamma.view(-1, 3, 9) + self.default_light
+        irradiance = torch.einsum("bnk,bck->bnc", self.sh_basis(normals), gamma)
+        return irradiance * texture
+
+    @staticmethod
+    def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+        """(..., 3) unit normals -> (..., 9) SH irradiance basis a_b c_b Y_b(n).
+
+        colour = albedo * basis . gamma: the one place the basis is written (`compute_color` and the
+        appearance fit share it).
+        """
+        a, c = SH_A, SH_C
         nx, ny, nz = normals.unbind(-1)
-        basis = torch.stack(
+        return torch.stack(
             [
                 a[0] * c[0] * torch.ones_like(nx),
                 -a[1] * c[1] * ny,
@@ -199,19 +210,34 @@ class MorphableModel(nn.Module):
                 0.5 * a[2] * c[2] * (nx**2 - ny**2),
             ],
             dim=-1,
-        )  # (B, N, 9)
-        irradiance = torch.einsum("bnk,bck->bnc", basis, gamma)
-        return irradiance * texture
+        )
 
     # --- everything a frame needs --------------------------------------------------------------------
-    def forward(self, coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 257) -> dict(vertices (B, N, 3) world frame, color (B, N, 3), albedo (B, N, 3))."""
+    def posed_geometry(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 257) -> world vertices (B, N, 3) and rotated unit normals (B, N, 3), what shading needs."""
         c = self.split_coeffs(coeffs)
         shape = self.compute_shape(c["id"], c["exp"])
         rotation = self.compute_rotation(c["angle"])
         vertices = self.transform(shape, rotation, c["trans"])
         normals = self.transform(self.compute_normals(shape), rotation, torch.zeros_like(c["trans"]))
-        albedo = self.compute_texture(c["tex"])
+        return vertices, normals
+
+    def forward(self, coeffs: torch.Tensor, albedo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, 257) -> dict(vertices (B, N, 3) world frame, color (B, N, 3), albedo (B, N, 3)).
+
+        `albedo` (N, 3) or (B, N, 3) in [0, 1] replaces `compute_texture(tex)` (a per-vertex albedo from
+        `face3d.fit_appearance`); the SH light still comes from `gamma`.
+        """
+        c = self.split_coeffs(coeffs)
+        vertices, normals = self.posed_geometry(coeffs)
+        if albedo is None:
+            albedo = self.compute_texture(c["tex"])
+        else:
+            if albedo.shape[-2:] != (self.num_vertices, 3) or albedo.dim() not in (2, 3):
+                raise ValueError(
+                    f"albedo must be (N={self.num_vertices}, 3) or (B, N, 3), got {tuple(albedo.shape)}"
+                )
+            albedo = albedo.to(vertices).expand(coeffs.shape[0], -1, -1)
         return {
             "vertices": vertices,
             "color": self.compute_color(albedo, normals, c["gamma"]),
@@ -243,6 +269,15 @@ def expression_of(coeffs: torch.Tensor) -> torch.Tensor:
     return MorphableModel.split_coeffs(coeffs)["exp"]
 
 
+def clip_albedo(albedo: torch.Tensor | None, frames: int = 1) -> torch.Tensor | None:
+    """A batch's per-clip albedo (B, N, 3), repeated for `frames` frames of each clip -> (B frames, N, 3)
+    for `MorphableModel.forward` / `FaceRenderer`; None when the clips carry none ((B, 0, 3): their
+    texture coefficients hold the albedo)."""
+    if albedo is None or albedo.numel() == 0:
+        return None
+    return albedo.repeat_interleave(frames, dim=0)
+
+
 def face_model_from_config(node: Mapping[str, Any]) -> MorphableModel:
     """The face model of a `face_model` config node (conf/face_model/*.yaml, with or without its
     `_target_`): what every layer calls instead of instantiating the node itself."""
@@ -258,13 +293,15 @@ def build_face_model(
     cache_dir: str | os.PathLike | None = None,
     camera: Mapping[str, Any] | None = None,
     fitting: Mapping[str, Any] | None = None,
+    appearance: Mapping[str, Any] | None = None,
     regressor_checkpoint: str | os.PathLike | None = None,
 ) -> MorphableModel:
     """The face model: `procedural` (ships with the suite) or `bfm` (Deep3DFaceRecon's BFM_model_front.mat).
 
     `num_vertices`, `seed` and `cache_dir` configure the procedural model; `bfm_path` the BFM file.
-    `camera` (PerspectiveCamera arguments) and `fitting` (fit_landmarks keyword arguments) are the config
-    group's other keys; they are kept on the model as `model.camera` and `model.fitting` so that
+    `camera` (PerspectiveCamera arguments), `fitting` (fit_landmarks keyword arguments) and `appearance`
+    (fit_appearance keyword arguments) are the config group's other keys; they are kept on the model as
+    `model.camera`, `model.fitting` and `model.appearance` so that
     `hydra.utils.instantiate(cfg.face_model)` gives everything a caller needs. `regressor_checkpoint`
     (kept as `model.regressor_checkpoint`) is an optional Deep3DFaceRecon checkpoint for
     `face3d.regressor.CoeffRegressor.from_checkpoint`, an alternative to landmark fitting.
@@ -286,6 +323,7 @@ def build_face_model(
     model = _from_arrays(arrays, name)
     model.camera = PerspectiveCamera(**dict(camera or {}))
     model.fitting = dict(fitting or {})
+    model.appearance = dict(appearance or {})
     model.regressor_checkpoint = regressor_checkpoint
     return model
 

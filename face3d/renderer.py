@@ -29,7 +29,7 @@ def _tile_for(image_size: int, tile_size: int) -> int:
 
 
 class FaceRenderer(nn.Module):
-    """coeffs (B, 257) -> dict(image (B,3,H,W) in [0,1], mask (B,1,H,W), depth (B,1,H,W)).
+    """coeffs (B, 257) [, albedo] -> dict(image (B,3,H,W) in [0,1], mask (B,1,H,W), depth (B,1,H,W)).
 
     `depth` is the camera depth (distance along the optical axis) of the visible surface, 0 off the face.
     The background is `background` (a grey level in [0, 1]; Deep3DFaceRecon renders on black).
@@ -105,11 +105,15 @@ class FaceRenderer(nn.Module):
         global_ids = global_ids[:, 0] * num_faces + global_ids[:, 1]
         return torch.where(pix_to_face >= 0, global_ids[pix_to_face.clamp(min=0)], pix_to_face), zbuf, bary
 
-    def forward(self, coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(coeffs)
-        pix_to_face, zbuf, bary = self.rasterize(out["vertices"])
-        batch, faces = coeffs.shape[0], self.model.faces
-        face_colors = out["color"][:, faces].reshape(batch * faces.shape[0], 3, 3)  # packed faces
+    def shade(self, fragments: tuple[torch.Tensor, ...], color: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fragments of `rasterize` + per-vertex colours (B, N, 3) -> dict(image, mask, depth).
+
+        Shading is cheap next to rasterising on CPU, so a caller that rasterised once (the appearance
+        fit) renders any number of colourings of the same geometry with this.
+        """
+        pix_to_face, zbuf, bary = fragments[:3]
+        batch, faces = color.shape[0], self.model.faces
+        face_colors = color[:, faces].reshape(batch * faces.shape[0], 3, 3)  # packed faces
         color = interpolate_face_attributes(pix_to_face, bary, face_colors)[..., 0, :]  # (B, H, W, 3)
         mask = (pix_to_face[..., :1] >= 0).to(color.dtype)
         image = color.clamp(0.0, 1.0) * mask + self.background * (1.0 - mask)
@@ -118,3 +122,8 @@ class FaceRenderer(nn.Module):
             "mask": mask.permute(0, 3, 1, 2).contiguous(),
             "depth": (zbuf[..., :1] * mask).permute(0, 3, 1, 2).contiguous(),
         }
+
+    def forward(self, coeffs: torch.Tensor, albedo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`albedo` (N, 3) or (B, N, 3) in [0, 1] replaces the texture of `tex` (see MorphableModel)."""
+        out = self.model(coeffs, albedo=albedo)
+        return self.shade(self.rasterize(out["vertices"]), out["color"])

@@ -1,16 +1,23 @@
 """Evaluation metrics shared by the stages (METHOD.md 1.5).
 
-Each is a plain function of tensors, so LightningModules, callbacks and bench scripts compute a metric
-the same way."""
+Plain functions of tensors (AED, LMD of projected landmarks, the SyncNet offset search), and
+torchmetrics `Metric`s where a metric accumulates over a split and must reduce across DDP ranks
+(LMD of generated images, LPIPS); PSNR and SSIM are torchmetrics' own. LightningModules, callbacks and
+bench scripts compute a metric the same way."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+import torchmetrics
 from torch import Tensor
 
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
+
+log = logging.getLogger(__name__)
 
 # iBUG 68-point order: the mouth is points 48-67 (outer lip 48-59, inner lip 60-67).
 MOUTH_LANDMARKS = tuple(range(48, 68))
@@ -89,3 +96,68 @@ def sync_measures(syncnet: SyncNet, frames: Tensor, mel: Tensor, max_offset: int
         "distance": minimum,
         "offset": offsets[best],
     }
+
+
+# --- image metrics of the renderer (stages 2-4) --------------------------------------------------------
+
+
+class ImageLandmarkDistance(torchmetrics.Metric):
+    """LMD between generated and target face crops: dlib's 68-point shape predictor (shipped by the
+    face_recognition_models package, so offline) run on both images inside the box of the target's known
+    landmarks, then the mean Euclidean distance in pixels over `indices` (all 68, or the mouth).
+    Accumulates sums, so it is exact over a whole split and under DDP (states reduced by summing)."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, indices: Sequence[int] | None = None, margin: float = 0.1) -> None:
+        super().__init__()
+        self.indices = list(indices) if indices is not None else list(range(68))
+        self.margin = margin
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._predictor = None
+
+    def _landmarks(self, image: Tensor, box: tuple[int, int, int, int]) -> np.ndarray:
+        import dlib
+
+        if self._predictor is None:
+            from datamodules.preprocess.detect import dlib_model_path
+
+            self._predictor = dlib.shape_predictor(
+                str(dlib_model_path("shape_predictor_68_face_landmarks.dat"))
+            )
+        pixels = (
+            (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        )
+        shape = self._predictor(np.ascontiguousarray(pixels), dlib.rectangle(*box))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+    def update(self, predicted: Tensor, target: Tensor, target_landmarks: Tensor) -> None:
+        """predicted, target (B, 3, H, W) in [0, 1]; target_landmarks (B, 68, 2) pixels (the box)."""
+        for image, truth, points in zip(predicted, target, target_landmarks.detach().float().cpu().numpy()):
+            low, high = points.min(axis=0), points.max(axis=0)
+            pad = self.margin * (high - low)
+            box = tuple(int(round(v)) for v in (*(low - pad), *(high + pad)))
+            a = self._landmarks(image, box)[self.indices]
+            b = self._landmarks(truth, box)[self.indices]
+            self.total += float(np.linalg.norm(a - b, axis=1).mean())
+            self.count += 1
+
+    def compute(self) -> Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+def lpips_metric(weights_dir: str | None) -> torchmetrics.Metric | None:
+    """torchmetrics' LPIPS (AlexNet, Zhang et al. 2018) with its backbone read from `weights_dir`
+    (`alexnet-owt-7be5be79.pth`, see lightning_modules/pretrained.py) and its linear layers from the
+    package; None, with a warning naming the file, when the backbone is missing."""
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    from lightning_modules.pretrained import missing_weights_message, offline_torch_hub, weights_path
+
+    if weights_dir is None or not weights_path("alexnet", weights_dir).is_file():
+        log.warning(missing_weights_message("alexnet", weights_dir or "<paths.weights_dir>", "LPIPS"))
+        return None
+    with offline_torch_hub(weights_dir):
+        return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)

@@ -149,9 +149,18 @@ class AudioToExpressionModule(L.LightningModule):
         return self.evaluate(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """The predicted expressions (B, T, 64) of each window, with where the window comes from."""
+        """Whole clips (`task=predict`): the predicted expressions (B, T, 64), the clip's coefficients with
+        them (`coeffs`, what a renderer takes) and without (`coeffs_true`), and the audio."""
         expression = self.net(batch["mfcc"], self._semantic_images(batch))
-        return {"clip_id": batch["clip_id"], "start": batch["start"], "expression": expression}
+        return {
+            "clip_id": batch["clip_id"],
+            "start": batch["start"],
+            "expression": expression,
+            "coeffs": with_expression(batch["coeffs"], expression),
+            "coeffs_true": batch["coeffs"],
+            "audio": batch["audio"],
+            "albedo": batch["albedo"],
+        }
 
     def evaluate(self, batch: dict[str, Any], split: str) -> dict[str, torch.Tensor]:
         """Losses and metrics of one batch, logged under `split/` (val or test)."""
@@ -173,8 +182,13 @@ class AudioToExpressionModule(L.LightningModule):
                 self.project_landmarks(batch["coeffs"], mean), true
             )
         if self.syncnet is not None:
-            metrics[f"{split}/sync"] = self.sync_score(batch["coeffs"], out["prediction"], batch["mel"])
-            metrics[f"{split}/sync_gt"] = self.sync_score(batch["coeffs"], out["target"], batch["mel"])
+            albedo = batch.get("albedo")
+            metrics[f"{split}/sync"] = self.sync_score(
+                batch["coeffs"], out["prediction"], batch["mel"], albedo
+            )
+            metrics[f"{split}/sync_gt"] = self.sync_score(
+                batch["coeffs"], out["target"], batch["mel"], albedo
+            )
         self.log(
             f"{split}/aed", metrics.pop(f"{split}/aed"), prog_bar=True, sync_dist=True, batch_size=batch_size
         )
@@ -182,13 +196,20 @@ class AudioToExpressionModule(L.LightningModule):
         return {"prediction": out["prediction"].detach()}
 
     @torch.no_grad()
-    def sync_score(self, coeffs: torch.Tensor, expression: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def sync_score(
+        self,
+        coeffs: torch.Tensor,
+        expression: torch.Tensor,
+        mel: torch.Tensor,
+        albedo: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean SyncNet confidence (`lightning_modules.metrics.sync_measures`, LSE-C) of faces rendered
         with `expression` (B, T, 64) against the mel windows (B, T, 80, 16). The renders keep the
-        ground-truth identity, texture, pose and lighting, on a black background, framed by the
-        configured camera."""
+        ground-truth identity, texture (the clip's per-vertex `albedo` when it has one), pose and lighting,
+        on a black background, framed by the configured camera."""
         renderer = face3d.FaceRenderer(self.face_model, self.sync_camera)
-        frames = renderer(with_expression(coeffs, expression).flatten(0, 1))["image"]
+        albedo = face3d.clip_albedo(albedo, expression.shape[1])
+        frames = renderer(with_expression(coeffs, expression).flatten(0, 1), albedo=albedo)["image"]
         frames = frames.unflatten(0, expression.shape[:2])
         return sync_measures(self.syncnet, frames, mel, self.sync_max_offset)["confidence"].mean()
 

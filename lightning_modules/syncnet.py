@@ -1,21 +1,27 @@
 """`experiment=syncnet`: train Wav2Lip's lip-sync expert on the shards, and score lip sync with it.
 
-Training follows Wav2Lip's `color_syncnet_train.py` (Prajwal et al. 2020): the cosine similarity of
-the audio and face embeddings is read as the probability that the pair is in sync, with binary
-cross-entropy against 1 for in-sync pairs and 0 for off-sync ones; Adam, lr 1e-4 in Wav2Lip.
+Two training objectives (`objective`), both on the cosine similarity of the audio and face embeddings:
+- `bce`, Wav2Lip's `color_syncnet_train.py` (Prajwal et al. 2020): the similarity is read as the
+  probability that the pair is in sync, with binary cross-entropy against 1 for in-sync pairs and 0 for
+  off-sync ones (`lightning_modules.losses.sync_loss`); Adam, lr 1e-4 in Wav2Lip. For each clip a
+  5-frame window starts at a random s in [0, T - 5]; the positive is the mel window at s, the negative
+  one at a random j with |j - s| >= `min_offset` frames (Wav2Lip draws its negatives anywhere in the
+  video; a window of T frames bounds the offset by T - 1). Every clip gives one positive and one
+  negative, so the classes are balanced.
+- `contrastive`: InfoNCE over the batch (van den Oord et al. 2018; CLIP's learnable logit scale,
+  Radford et al. 2021; `lightning_modules.losses.contrastive_sync_loss`): the same face window of each
+  clip against the mel windows at every frame of every clip of the batch, its own in-sync window the
+  positive, those of the other clips and its own at >= `min_offset` frames the negatives. Each step
+  compares every face with B T - 1 - 2 (`min_offset` - 1) candidates instead of two, and the loss
+  keeps weighing the hardest of them, so training leaves the 0.69 plateau where BCE on one pair at a
+  time can stay on it (docs/benchmarks.md, "The lip-sync expert over seeds").
 
-Pairs come from one `view: window` batch (T consecutive frames, a mel window starting at each frame):
-for each clip a 5-frame window starts at a random s in [0, T - 5]; the positive is the mel window at
-s, the negative one at a random j with |j - s| >= `min_offset` frames (Wav2Lip draws its negatives
-anywhere in the video; a window of T frames bounds the offset by T - 1). Every clip gives one
-positive and one negative, so the classes are balanced. Validation is deterministic: every face
-window of the batch against every mel window, reported as the class-balanced loss and accuracy (at
-0.5), ROC AUC and the mean in-sync minus off-sync similarity ("separation"), plus the confidence and
-the absolute offset (frames) that `sync_measures` finds on the in-sync clips; `task=test` logs the same
-under `test/`.
+Validation is the same for both objectives, so their runs compare: every face window of the batch
+against every mel window, reported as the class-balanced BCE loss and accuracy (at 0.5), ROC AUC and
+the mean in-sync minus off-sync similarity ("separation"), plus the confidence and the absolute offset
+(frames) that `sync_measures` finds on the in-sync clips; `task=test` logs the same under `test/`.
 
-The loss is `lightning_modules.losses.sync_loss`; `lightning_modules.metrics.sync_measures` is the Sync
-metric every stage logs with this expert.
+`lightning_modules.metrics.sync_measures` is the Sync metric every stage logs with this expert.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
-from lightning_modules.losses import sync_loss
+from lightning_modules.losses import contrastive_sync_loss, sync_loss
 from lightning_modules.metrics import sync_measures
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
 
-__all__ = ["SyncNetModule"]
+__all__ = ["OBJECTIVES", "SyncNetModule"]
+
+OBJECTIVES = ("bce", "contrastive")
 
 
 def _window_stack(frames: Tensor, starts: Tensor) -> Tensor:
@@ -51,18 +59,43 @@ class SyncNetModule(L.LightningModule):
         scheduler: partial[torch.optim.lr_scheduler.LRScheduler] | None = None,
         min_offset: int = 2,
         max_eval_offset: int = 15,
+        objective: str = "bce",
+        temperature: float = 0.07,
+        learn_temperature: bool = True,
+        max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         if min_offset < 1:
             raise ValueError(f"min_offset must be at least 1 frame, got {min_offset}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if temperature <= 0 or max_logit_scale < 1 / temperature:
+            raise ValueError(
+                f"need temperature > 0 and max_logit_scale >= 1 / temperature, got {temperature}, "
+                f"{max_logit_scale}"
+            )
         self.syncnet = net
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.min_offset = min_offset
         self.max_eval_offset = max_eval_offset
+        self.objective = objective
+        self.max_logit_scale = max_logit_scale
+        if objective == "contrastive":
+            # log(1 / temperature), learnt as in CLIP (or fixed); outside `syncnet.`, so load_syncnet
+            # and the official key names never see it.
+            log_scale = torch.tensor(1.0 / temperature).log()
+            if learn_temperature:
+                self.log_logit_scale = torch.nn.Parameter(log_scale)
+            else:
+                self.register_buffer("log_logit_scale", log_scale)
         self.val_auc = BinaryAUROC()
         self.test_auc = BinaryAUROC()
+
+    def logit_scale(self) -> Tensor:
+        """1 / temperature of the contrastive objective, clamped at `max_logit_scale` as in CLIP."""
+        return self.log_logit_scale.exp().clamp(max=self.max_logit_scale)
 
     def _check(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         if "frames" not in batch:
@@ -88,20 +121,39 @@ class SyncNetModule(L.LightningModule):
             )
         device = frames.device
         starts = torch.randint(0, length - SYNC_FRAMES + 1, (batch_size,), device=device)
+        faces = face_window(_window_stack(frames, starts))
+        if self.objective == "contrastive":
+            return self._contrastive_step(faces, mel, starts)
         # An off-sync mel start j with |j - s| >= min_offset, drawn uniformly among the admissible ones.
         candidates = torch.arange(length, device=device)
         admissible = (candidates[None, :] - starts[:, None]).abs() >= self.min_offset  # (B, T)
         negatives = torch.multinomial(admissible.float(), 1).squeeze(1)
         rows = torch.arange(batch_size, device=device)
-        audio, face = self.syncnet(
-            torch.cat([mel[rows, starts], mel[rows, negatives]]), face_window(_window_stack(frames, starts))
-        )
+        audio, face = self.syncnet(torch.cat([mel[rows, starts], mel[rows, negatives]]), faces)
         probability = (audio * face.repeat(2, 1)).sum(dim=1)
         label = torch.cat([torch.ones(batch_size, device=device), torch.zeros(batch_size, device=device)])
         loss = sync_loss(probability, label)
         accuracy = ((probability > 0.5) == label.bool()).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", accuracy, batch_size=batch_size)
+        return loss
+
+    def _contrastive_step(self, faces: Tensor, mel: Tensor, starts: Tensor) -> Tensor:
+        """InfoNCE of each clip's face window against every mel window of the batch (module docstring);
+        logs the loss, how often the in-sync window scores highest of its clip's admissible ones
+        (`train/top1`) and the logit scale."""
+        batch_size, length = mel.shape[:2]
+        audio, face = self.syncnet(mel.flatten(0, 1), faces)
+        audio = audio.view(batch_size, length, -1)
+        loss = contrastive_sync_loss(face, audio, starts, self.min_offset, self.logit_scale())
+        with torch.no_grad():
+            own = (audio @ face[:, :, None]).squeeze(2)  # (B, T)
+            offset = (torch.arange(length, device=mel.device)[None, :] - starts[:, None]).abs()
+            own = own.masked_fill((offset > 0) & (offset < self.min_offset), float("-inf"))
+            top1 = (own.argmax(dim=1) == starts).float().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/top1", top1, batch_size=batch_size)
+        self.log("train/logit_scale", self.logit_scale().detach(), batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

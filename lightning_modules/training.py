@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -83,8 +84,19 @@ def slurm_plugins() -> list[Any]:
     """Lightning owns SLURM requeue (see conf/hydra/launcher/slurm.yaml): it handles the SIGUSR2 that
     submitit's sbatch script asks for, saves an hpc checkpoint and requeues the job."""
     if SLURMEnvironment.detect():
+        _free_requeue_signal(signal.SIGUSR2)
         return [SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2)]
     return []
+
+
+def _free_requeue_signal(signum: signal.Signals) -> None:
+    """Lightning installs its requeue handler at `fit` only if the signal has none yet, and submitit's job
+    runner has installed one (it would requeue the job to start over, without an hpc checkpoint, or not
+    at all at a time limit with max_num_timeout 0): reset it so that Lightning's goes in."""
+    previous = signal.getsignal(signum)
+    if previous not in (signal.SIG_DFL, None):
+        log.info("%s: replacing the handler %r with Lightning's requeue handler", signum.name, previous)
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def share_cpu_threads(trainer: L.Trainer) -> None:
@@ -161,10 +173,57 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) ->
     os.replace(tmp, path)
 
 
+def train_run_dir(cfg: DictConfig) -> Path:
+    """Where the training run of this experiment and run name keeps its checkpoints: this run's own
+    directory when training (a sweep job's too), else logs/train/<experiment_name>/<run_name>."""
+    if cfg.task == "train":
+        return Path(cfg.paths.output_dir)
+    return Path(cfg.paths.log_dir) / "train" / str(cfg.experiment_name) / str(cfg.run_name)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recently written checkpoint of a run: `checkpoints/*.ckpt` (last.ckpt, the best ones) or
+    the `hpc_ckpt_*.ckpt` Lightning saves when SLURM signals a time limit."""
+    candidates = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return max(candidates, key=lambda path: path.stat().st_mtime) if candidates else None
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint `ckpt_path` names. `last`: the newest checkpoint of this experiment's training run
+    (whatever the task; a fresh start when training and there is none). Evaluating tasks need one."""
+    evaluating = cfg.task in ("test", "predict")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        if evaluating:
+            raise ValueError(
+                f"task={cfg.task} needs a checkpoint to evaluate: ckpt_path=PATH, or ckpt_path=last for the "
+                f"newest one of {train_run_dir(cfg)}"
+            )
+        return None
+    if str(ckpt_path) == "last":
+        run_dir = train_run_dir(cfg)
+        found = newest_checkpoint(run_dir)
+        if found is None:
+            if evaluating:
+                raise FileNotFoundError(
+                    f"ckpt_path=last: no checkpoint in {run_dir} (checkpoints/*.ckpt or hpc_ckpt_*.ckpt); "
+                    f"train it first (`python run.py experiment={cfg.experiment_name} "
+                    f"run_name={cfg.run_name}`) or give ckpt_path=PATH"
+                )
+            log.info("ckpt_path=last: no checkpoint in %s yet, starting fresh", run_dir)
+            return None
+        log.info("ckpt_path=last: %s", found)
+        return str(found)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(ckpt_path)
+
+
 def fit_and_evaluate(cfg: DictConfig) -> float | None:
     """`task=train` fits (then tests if `test_after_train`); `task=test` / `task=predict` evaluate the
-    checkpoint in `ckpt_path`."""
+    checkpoint in `ckpt_path` (`last`: the newest of the experiment's training run)."""
     environ_before = dict(os.environ)
+    ckpt_path = resolve_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     _pin_ddp_children_to_this_job()
 
@@ -189,17 +248,18 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
     try:
         log_hyperparameters(cfg, model, trainer)
         if cfg.task == "train":
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             train_metrics = dict(trainer.callback_metrics)
             if cfg.get("test_after_train"):
                 best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
             metrics = {**train_metrics, **trainer.callback_metrics}
         elif cfg.task == "test":
-            trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics = dict(trainer.callback_metrics)
         else:
-            trainer.predict(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            # The prediction writer callback (conf/callbacks/predictions.yaml) keeps them, not memory.
+            trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
             metrics = {}
         failed = False
     finally:

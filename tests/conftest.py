@@ -62,20 +62,32 @@ def tiny_settings(
     work_dir: Path,
     num_workers: int = 0,
     teacher_checkpoint: Path | None = None,
+    corpus: str = "synthetic",
+    overrides: tuple[str, ...] = (),
 ):
-    """Preprocessing settings for the tiny synthetic corpus (the synthetic data config's numbers, with
-    the shorter tube minimum the 30-frame clips need and a shorter fit)."""
-    from datamodules.preprocess import ClipOptions, PreprocessSettings
+    """Preprocessing settings from the composed config (conf/data/<corpus>.yaml) for the tiny corpus: the
+    shorter tube minimum its 30-frame clips need, the 128 px crop, a shorter fit, and `overrides`."""
+    from datamodules.preprocess import settings_from_config
+    from tests.helpers import compose_config
 
-    return PreprocessSettings(
-        corpus="synthetic",
-        input_dir=str(raw_dir),
-        shard_dir=str(shard_dir),
-        work_dir=str(work_dir),
-        clip=ClipOptions(crop_size=TINY_CROP, min_frames=20, increase=0.25, min_face_size=64, fit=TINY_FIT),
-        num_workers=num_workers,
-        teacher_checkpoint=str(teacher_checkpoint) if teacher_checkpoint else None,
+    cfg = compose_config(
+        [
+            f"data={corpus}",
+            f"data.preprocess.input_dir={raw_dir}",
+            f"data.shard_dir={shard_dir}",
+            f"data.preprocess.work_dir={work_dir}",
+            f"data.preprocess.num_workers={num_workers}",
+            "data.preprocess.torch_threads=null",
+            f"data.preprocess.teacher_checkpoint={teacher_checkpoint or 'null'}",
+            f"data.preprocess.clip.crop_size={TINY_CROP}",
+            "data.preprocess.clip.min_frames=20",
+            "data.preprocess.clip.min_face_size=64",
+            *(f"face_model.fitting.{key}={value}" for key, value in TINY_FIT.items()),
+            *overrides,
+        ],
+        Path(shard_dir).parent / "config",
     )
+    return settings_from_config(cfg.data)
 
 
 @pytest.fixture(scope="session")

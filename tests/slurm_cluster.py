@@ -1,7 +1,8 @@
 """A private single-node SLURM cluster on loopback for the SLURM tests.
 
 munge (reused when one already answers), slurmctld and slurmd run with a slurm.conf in a temporary
-directory on free ports, as ENVIRONMENT.md checked; everything started here is stopped at the end.
+directory on free ports, as ENVIRONMENT.md checked; everything started here is stopped at the end, the
+jobs first (slurmstepd, and the job under it, outlive a stopped slurmd).
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def _write_conf(root: Path) -> Path:
                 "MpiDefault=none",
                 "ReturnToService=2",
                 "SchedulerType=sched/backfill",
+                # A requeued job waits `cred_expire` (default 120 s) before it may start again, and a
+                # pending job is only looked at every `sched_interval` (60 s): test-sized instead.
+                "AuthInfo=cred_expire=5",
+                "SchedulerParameters=sched_interval=1,bf_interval=1",
+                "JobRequeue=1",
+                # A cancelled or requeued job's processes get SIGKILL this long after SIGTERM.
+                "KillWait=5",
                 "AccountingStorageType=accounting_storage/none",
                 "JobAcctGatherType=jobacct_gather/none",
                 "JobCompType=jobcomp/none",
@@ -116,6 +124,28 @@ def _pid(pid_file: Path) -> int | None:
     return None
 
 
+def job_info(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    """`scontrol show job` as a dict (JobState, Restarts, ...): no accounting is configured, so no sacct."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", job_id], env=env, capture_output=True, text=True
+    )
+    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
+
+
+def job_ids(env: dict[str, str]) -> list[str]:
+    """The ids of the jobs this cluster still holds (pending, running or completing)."""
+    listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+    return listed.stdout.split()
+
+
+def _cancel_jobs(env: dict[str, str], timeout_s: float = 60.0) -> None:
+    """Cancel every job of the cluster and wait until they have left it (their processes gone)."""
+    deadline = time.monotonic() + timeout_s
+    while (ids := job_ids(env)) and time.monotonic() < deadline:
+        subprocess.run(["scancel", "--full", *ids], env=env, capture_output=True)
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def local_slurm_cluster(root: Path, timeout_s: float = 30.0) -> Iterator[dict[str, str]]:
     """Yields the environment (with SLURM_CONF) under which sbatch / srun / submitit reach the cluster."""
@@ -136,6 +166,8 @@ def local_slurm_cluster(root: Path, timeout_s: float = 30.0) -> Iterator[dict[st
             raise RuntimeError(f"the SLURM node did not become idle within {timeout_s}s:\n{logs}")
         yield env
     finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _cancel_jobs(env)
         _stop(_pid(root / "slurmd.pid"))
         _stop(_pid(root / "slurmctld.pid"))
         _stop(munge_pid)

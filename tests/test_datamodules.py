@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from datamodules import ShardDataModule
-from datamodules.datasets import choose_references, mel_windows, mfcc_windows, mouth_mask, mouth_masked_crop
+from datamodules.datasets import (
+    choose_references,
+    evaluation_items,
+    mel_windows,
+    mfcc_windows,
+    mouth_mask,
+    mouth_masked_crop,
+)
 from datamodules.shards import COEFF_SLICES, MANIFEST_NAME, random_clip_sample, write_shards
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -36,7 +43,8 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_dm(shard_dir: Path, **overrides) -> ShardDataModule:
-    args = dict(corpus="synthetic", shard_dir=str(shard_dir), batch_size=2, image_size=SIZE, seed=7)
+    """A datamodule over the hand-made shards (as a real corpus: the synthetic one would be rebuilt)."""
+    args = dict(corpus="voxceleb2", shard_dir=str(shard_dir), batch_size=2, image_size=SIZE, seed=7)
     dm = ShardDataModule(**{**args, **overrides})
     dm.prepare_data()
     dm.setup("fit")
@@ -61,9 +69,10 @@ def test_window_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> 
         "mel": (2, 5, 80, 16),
         "coeffs": (2, 5, 257),
         "landmarks": (2, 5, 68, 2),
-        "semantic": (2, 5, 3, 16, 16),  # the teacher's size, as stored
+        "semantic": (2, 5, 3, 24, 24),  # stored at 16 px by the teacher, served at image_size
         "frames": (2, 5, 3, 24, 24),
         "audio": (2, 640 * 5),
+        "albedo": (2, 0, 3),  # these clips carry no per-vertex albedo
         "start": (2,),
     }
     assert len(batch["clip_id"]) == 2 and all(isinstance(c, str) for c in batch["clip_id"])
@@ -76,8 +85,8 @@ def test_window_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> 
 
 
 def test_evaluation_windows_have_their_own_length(shard_dir: Path) -> None:
-    """`eval_window_frames`: val / test windows of that length (clips are 8-11 frames here, so 8 covers the
-    shortest whole), the same every epoch, while training keeps `window_frames`."""
+    """`eval_window_frames`: val / test windows of that length, the same every epoch, while training keeps
+    `window_frames`; the windows tile every clip, the last one ending at its end."""
     dm = make_dm(shard_dir, view="window", window_frames=3, eval_window_frames=8)
     assert next(iter(dm.train_dataloader()))["coeffs"].shape[1] == 3
     for loader in (dm.val_dataloader, dm.test_dataloader):
@@ -85,11 +94,38 @@ def test_evaluation_windows_have_their_own_length(shard_dir: Path) -> None:
         assert batch["coeffs"].shape[1] == batch["mfcc"].shape[1] == batch["mel"].shape[1] == 8
         assert batch["audio"].shape[1] == 640 * 8
     first, again = epoch(dm.val_dataloader()), epoch(dm.val_dataloader())
-    assert first == again and len(first) == 4
-    assert (
-        next(iter(make_dm(shard_dir, view="window", window_frames=3).val_dataloader()))["coeffs"].shape[1]
-        == 3
-    )
+    # val clips val00..val03 have 8, 9, 10, 11 frames: one window of 8 for the first, two for the others
+    expected = [
+        ("val00", 0),
+        ("val01", 0),
+        ("val01", 1),
+        ("val02", 0),
+        ("val02", 2),
+        ("val03", 0),
+        ("val03", 3),
+    ]
+    assert first == again == expected
+    windows_of_3 = epoch(make_dm(shard_dir, view="window", window_frames=3).val_dataloader())
+    assert windows_of_3[:3] == [("val00", 0), ("val00", 3), ("val00", 5)]
+
+
+def test_training_draws_several_examples_per_clip(shard_dir: Path) -> None:
+    """`examples_per_clip`: that many draws of each clip an epoch, each its own window, so that a paper-size
+    batch fills from few clips."""
+    drawn = epoch(make_dm(shard_dir, view="window", examples_per_clip=3, batch_size=4).train_dataloader())
+    assert len(drawn) == 3 * NUM_TRAIN
+    assert {clip: sum(c == clip for c, _ in drawn) for clip, _ in drawn} == {
+        f"train{i:02d}": 3 for i in range(NUM_TRAIN)
+    }
+    assert len(set(drawn)) > 2 * NUM_TRAIN  # the draws of a clip are not one window thrice
+    big_batch = make_dm(shard_dir, view="window", examples_per_clip=2, batch_size=16).train_dataloader()
+    assert len(big_batch) == 1
+
+
+def test_prediction_takes_whole_clips(shard_dir: Path) -> None:
+    dm = make_dm(shard_dir, view="window", window_frames=3)
+    lengths = [batch["coeffs"].shape[1] for batch in dm.predict_dataloader()]
+    assert lengths == [8, 9, 10]  # the 3 test clips, whole, one a batch
 
 
 def test_frame_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> None:
@@ -100,16 +136,20 @@ def test_frame_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> N
         "target": (2, 3, SIZE, SIZE),
         "render3d": (2, 3, SIZE, SIZE),
         "masked": (2, 3, SIZE, SIZE),
+        "mouth_mask": (2, 1, SIZE, SIZE),
         "face_mask": (2, 1, SIZE, SIZE),
         "references": (2, 3, 3, SIZE, SIZE),
         "references_render3d": (2, 3, 3, SIZE, SIZE),
         "coeffs": (2, 257),
         "landmarks": (2, 68, 2),
+        "references_coeffs": (2, 3, 257),
+        "references_landmarks": (2, 3, 68, 2),
         "frame_index": (2,),
     }
-    # the masked crop is the target with a region blanked out, nothing else changed
+    # the masked crop is the target with the mouth mask blanked out, nothing else changed
     changed = (batch["masked"] != batch["target"]).any(dim=1)
     assert changed.any() and (batch["masked"].permute(0, 2, 3, 1)[changed] == 0).all()
+    assert (batch["mouth_mask"][:, 0].bool() | ~changed).all()
 
 
 def test_frame_view_resizes_images_and_landmarks_together(shard_dir: Path) -> None:
@@ -195,22 +235,38 @@ def test_samples_are_seeded_and_deterministic(shard_dir: Path) -> None:
     assert epoch(loader) == first and epoch(loader) != first  # a new epoch draws anew
     val = make_dm(shard_dir, view="frame").val_dataloader()
     assert epoch(val) == epoch(val)  # validation draws the same examples every epoch
+    # ... every frame of every clip once
+    assert epoch(val) == [(f"val{i:02d}", t) for i in range(4) for t in range(8 + i)]
 
 
 def test_ddp_ranks_see_disjoint_samples(shard_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """litdata takes the ranks from the distributed environment; two ranks simulated in-process."""
-    seen, tested = [], []
+    seen = []
     for rank in range(2):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("GLOBAL_RANK", str(rank))
         dm = make_dm(shard_dir, view="window", batch_size=1)
         seen.append([clip for clip, _ in epoch(dm.train_dataloader())])
-        tested.append([clip for clip, _ in epoch(dm.test_dataloader())])
     assert len(seen[0]) == len(seen[1]) == NUM_TRAIN // 2
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == NUM_TRAIN
-    # 3 test clips: one rank would run an extra step; the tail is dropped instead
-    assert len(tested[0]) == len(tested[1]) == 1 and tested[0] != tested[1]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_evaluation_covers_every_clip_once_under_any_number_of_ranks(
+    shard_dir: Path, world_size: int
+) -> None:
+    """Each rank takes a contiguous block of the (clip, window) list: together every window of every clip
+    once, no repeats to even the ranks out, no dropped tail."""
+    dm = make_dm(shard_dir, view="window", window_frames=4)
+    examples = dm.make_dataset("test", "test")
+    counts = [8, 9, 10]  # the 3 test clips
+    everything = [(c, p) for c, n in enumerate(counts) for p in examples.positions(n)]
+    blocks = [evaluation_items(examples, counts, rank, world_size) for rank in range(world_size)]
+    assert [item for block in blocks for item in block] == everything
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1 and min(map(len, blocks)) >= 1
+    with pytest.raises(ValueError, match="cannot give each of 9 ranks one"):
+        evaluation_items(examples, counts, 0, 9)
 
 
 def _gloo_rank(rank: int, shard_dir: str, port: int, out_dir: str) -> None:
@@ -262,8 +318,27 @@ def test_resumed_loader_yields_exactly_the_samples_not_yet_seen(shard_dir: Path,
 
 
 def test_too_small_a_corpus_for_one_batch_is_an_error(shard_dir: Path) -> None:
-    with pytest.raises(ValueError, match="not one full batch of 16"):
+    with pytest.raises(
+        ValueError, match="holds 12 clips, 12 training examples an epoch .* not one full batch of 16"
+    ):
         make_dm(shard_dir, batch_size=16).train_dataloader()
+
+
+def test_shards_fitted_with_another_face_model_are_refused(shard_dir: Path, tmp_path: Path) -> None:
+    """A real corpus is never silently reused with a face model its coefficients were not fitted with."""
+    import shutil
+
+    from datamodules.recipe import face_model_recipe, write_recipe
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    face_model = {"source": "procedural", "num_vertices": 1000, "seed": 0}
+    preprocess = {"face_model": face_model}
+    write_recipe(copy, {"face_model": face_model_recipe(face_model)})
+    make_dm(copy, preprocess=preprocess)  # the same model: fine
+    write_recipe(copy, {"face_model": {**face_model_recipe(face_model), "fingerprint": "0123456789abcdef"}})
+    with pytest.raises(ValueError, match="fitted with another face model .*fingerprint: '0123456789abcdef'"):
+        make_dm(copy, preprocess=preprocess)
 
 
 def test_real_corpus_without_shards_says_how_to_build_them(tmp_path: Path) -> None:

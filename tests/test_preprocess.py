@@ -1,6 +1,9 @@
 """Preprocessing: the tiny synthetic corpus lands in shards with fitted coefficients near the ground
-truth; every kind of bad input is rejected with its reason while the good clips land; a run killed
-with SIGKILL part-way resumes with no duplicate and no missing clip."""
+truth; every kind of bad input is rejected with its reason while the good clips land; any constant
+frame rate is resampled to 25 fps with the audio aligned, and a soundtrack that ends early is trimmed;
+talking clips made from real photographs (tests/real_footage.py) land with the fit on the face unless
+a second person is in shot; a run killed with SIGKILL part-way resumes with no duplicate and no missing
+clip."""
 
 from __future__ import annotations
 
@@ -12,27 +15,45 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from datamodules import audio as audio_lib
 from datamodules.preprocess import discover_clips, run_preprocessing
+from datamodules.preprocess.detect import Face, make_detector
 from datamodules.preprocess.layout import hashed_split
-from datamodules.preprocess.track import to_crop_pixels
-from datamodules.preprocess.video import decode_frames, write_mp4
+from datamodules.preprocess.track import select_tube, to_crop_pixels
+from datamodules.preprocess.video import (
+    ClipRejected,
+    common_span,
+    decode_audio,
+    decode_frames,
+    probe,
+    trim_record,
+    validate,
+    write_mp4,
+)
 from datamodules.shards import MANIFEST_NAME, ShardReader, decode_images, num_images
 from datamodules.synthetic import random_background
 
 from .conftest import TINY_CROP, tiny_settings
+from .real_footage import RealClip, talking_clip, two_person_clip
 
 
 def fast_settings(raw: Path, shard_dir: Path, work_dir: Path, corpus: str = "synthetic"):
     """The tiny corpus settings with a short fit: these tests check the bookkeeping, not the fit."""
-    settings = tiny_settings(raw, shard_dir, work_dir)
-    return replace(settings, corpus=corpus, clip=replace(settings.clip, fit={"rigid_steps": 10, "steps": 20}))
+    return tiny_settings(
+        raw,
+        shard_dir,
+        work_dir,
+        corpus=corpus,
+        overrides=("face_model.fitting.rigid_steps=10", "face_model.fitting.steps=20"),
+    )
 
 
 def read_manifest(shard_dir: Path) -> list[dict]:
@@ -150,7 +171,10 @@ def test_fitted_coefficients_are_near_the_ground_truth(tiny_corpus):
 
 
 def _ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", *args], check=True)
+    """The ffmpeg binary that imageio-ffmpeg ships (a Python dependency; no system ffmpeg needed)."""
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
 
 def make_bad_corpus(raw: Path, good: list[Path]) -> dict[str, str]:
@@ -176,8 +200,8 @@ def make_bad_corpus(raw: Path, good: list[Path]) -> dict[str, str]:
     expected["id10002"] = "empty_file"
     write_mp4(target("id10003"), frames, None)
     expected["id10003"] = "no_audio"
-    write_mp4(target("id10004"), frames, wave[: len(wave) // 3])
-    expected["id10004"] = "audio_shorter_than_video"
+    write_mp4(target("id10004"), frames, wave[: len(wave) // 3])  # trimmed to the audio: too short
+    expected["id10004"] = "too_short_after_trim"
     room = random_background(160, np.random.default_rng(0))  # a coloured scene without anyone in it
     background = np.repeat((room[None] * 255).astype(np.uint8), len(frames), axis=0)
     write_mp4(target("id10005"), background, wave)
@@ -235,6 +259,205 @@ def test_bad_inputs_are_rejected_with_their_reason(tiny_corpus, tmp_path):
     assert got == expected
     assert sorted(shard_clip_ids(tmp_path / "shards")) == ["id90000/vid/00001", "id90001/vid/00001"]
     assert summary["rejected"] == {reason: 1 for reason in expected.values() if reason != "accepted"}
+
+
+# --- frame rates and trimming ------------------------------------------------------------------------
+
+
+def _numbered_frames(count: int) -> np.ndarray:
+    """(count, 16, 128, 3) frames showing their own index in binary: eight blocks, white for a 1 bit
+    (flat blocks survive H.264 exactly where a brightness ramp would not)."""
+    bits = (np.arange(count)[:, None] >> np.arange(8)) & 1
+    blocks = np.where(bits[:, None, :, None], 235, 20).astype(np.uint8)
+    return np.repeat(np.repeat(np.repeat(blocks, 16, axis=1), 16, axis=2), 3, axis=3)
+
+
+def _frame_numbers(frames: np.ndarray) -> np.ndarray:
+    bits = frames.reshape(len(frames), 16, 8, 16, 3)[:, 4:12, :, 4:12].mean(axis=(1, 3, 4)) > 128
+    return (bits * (1 << np.arange(8))).sum(axis=1)
+
+
+@pytest.mark.parametrize("fps", [30, Fraction(30000, 1001), 50])
+def test_any_constant_frame_rate_is_resampled_with_the_audio_aligned(tmp_path, fps):
+    """3 s of video whose 48 kHz soundtrack starts 0.3 s late and ends 0.5 s early, with clicks at
+    known times: the 25 fps frames are the source frames nearest their times, the 16 kHz audio starts
+    with them (each click in the frame of its time), and both are trimmed to the common span."""
+    rate = 48000
+    wave = np.zeros(int(2.2 * rate), np.float32)
+    clicks_s = (1.0, 2.0)  # on the video's clock
+    for click in clicks_s:
+        wave[int((click - 0.3) * rate) :][:48] = 0.9
+    path = tmp_path / "numbered.mp4"
+    write_mp4(path, _numbered_frames(round(3 * fps)), wave, fps=fps, sample_rate=rate, audio_start_s=0.3)
+    info = probe(path)
+    validate(info, path, 25.0, min_frames=20)
+    span = common_span(info, path, 25.0, min_frames=20, audio_tolerance_s=0.04)
+    trim = trim_record(info, span)
+    assert abs(info.fps - float(fps)) < 1e-3 and trim["video_duration_s"] == pytest.approx(3.0, abs=0.01)
+    # the span starts with the audio (its encoder priming, a few ms, included) and ends with it
+    assert 0.3 - 0.04 <= trim["start_s"] <= 0.3 and 2.5 - 0.04 < trim["end_s"] <= 2.5 + 1e-3
+    assert span.num_frames == int((2.5 - span.start_s) * 25)
+    frames = decode_frames(path, span.frame_times())
+    shown_s = _frame_numbers(frames) / float(fps)
+    assert np.abs(shown_s - span.frame_times()).max() <= 0.5 / float(fps) + 1e-6
+    pcm = decode_audio(path, span.num_frames * 640, start_s=span.start_s)
+    assert len(pcm) == 640 * span.num_frames
+    heard = np.flatnonzero(np.abs(pcm) > 0.3 * 32767)
+    for click in clicks_s:
+        onset = heard[np.abs(heard - (click - span.start_s) * 16000) < 800].min()
+        assert abs(onset / 16000 + span.start_s - click) < 2e-3  # well within a frame (40 ms)
+
+
+def test_too_little_common_time_is_rejected(tmp_path):
+    path = tmp_path / "short_audio.mp4"
+    write_mp4(path, _numbered_frames(50), np.zeros(8000, np.float32))  # 2 s of video, 0.5 s of audio
+    info = probe(path)
+    validate(info, path, 25.0, min_frames=20)
+    with pytest.raises(ClipRejected) as rejection:
+        common_span(info, path, 25.0, min_frames=20, audio_tolerance_s=0.04)
+    assert rejection.value.reason == "too_short_after_trim" and str(path) in rejection.value.detail
+
+
+# --- several faces -----------------------------------------------------------------------------------
+
+
+def _face(x: float, side: float, score: float) -> Face:
+    return Face(np.array([x, 100, x + side, 100 + side], np.float32), score, np.zeros((68, 2), np.float32))
+
+
+def test_only_a_plausible_persistent_second_face_rejects_a_clip(tmp_path):
+    """dlib's faint hit on clothing in every frame, a small face far behind, a sporadic detection: the
+    clip keeps its speaker; a second person for two frames in three, their tube broken every 8 frames
+    (no piece as long as a tube minimum), rejects it."""
+    o = tiny_settings(tmp_path / "raw", tmp_path / "shards", tmp_path / "work", corpus="voxceleb2").clip
+    args = (
+        o.min_frames,
+        o.iou_with_initial,
+        o.max_gap,
+        o.several_faces_fraction,
+        o.second_face_score_ratio,
+        o.second_face_size_ratio,
+    )
+    count = 60
+    # the speaker, missed every fifth frame (bridged), so the clothing hit has the longer tube
+    speaker = [[_face(100, 90, 1.4)] if t % 5 else [] for t in range(count)]
+    clothing = [faces + [_face(300, 90, 0.15)] for faces in speaker]
+    tube = select_tube(clothing, *args)
+    assert tube.faces[1].box[0] == 100 and tube.length == count - 1
+    far_behind = [faces + [_face(400, 30, 1.2)] for faces in clothing]
+    assert select_tube(far_behind, *args).faces[1].box[0] == 100
+    sporadic = [faces + ([_face(500, 100, 1.2)] if t < 5 else []) for t, faces in enumerate(speaker)]
+    assert select_tube(sporadic, *args).faces[1].box[0] == 100
+    second_person = [
+        faces + ([_face(500, 100, 1.2)] if t % 12 < 8 else []) for t, faces in enumerate(clothing)
+    ]
+    with pytest.raises(ClipRejected) as rejection:
+        select_tube(second_person, *args)
+    assert rejection.value.reason == "several_faces"
+
+
+# --- real footage ------------------------------------------------------------------------------------
+
+# A short fit (conf/face_model: 50 + 300 steps): enough for the landmarks of a still face.
+REAL_FIT = ("face_model.fitting.rigid_steps=10", "face_model.fitting.steps=40")
+
+
+@dataclass(frozen=True)
+class RealCorpus:
+    clips: dict[str, RealClip]  # identity -> what was filmed
+    records: dict[str, dict[str, Any]]  # identity -> manifest record
+    samples: dict[str, dict[str, Any]]  # identity -> shard sample
+    settings: Any
+
+
+@pytest.fixture(scope="module")
+def real_corpus(tmp_path_factory) -> RealCorpus:
+    """Four clips filmed from real photographs, preprocessed once as `task=preprocess data=voxceleb2`
+    would (with the tiny corpus's crop, tube minimum and a short fit)."""
+    root = tmp_path_factory.mktemp("real_footage")
+    raw = root / "raw"
+
+    def target(identity: str) -> Path:
+        path = raw / "dev" / "mp4" / identity / "vid" / "00001.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    clips = {
+        "id20001": talking_clip(target("id20001"), "astronaut", 2.0, fps=25, seed=1),
+        "id20002": talking_clip(target("id20002"), "grace_hopper", 2.0, fps=30, seed=2),
+        "id20003": talking_clip(target("id20003"), "grace_hopper", 3.0, fps=25, audio_duration_s=2.3, seed=3),
+        "id20004": two_person_clip(target("id20004"), 2.0, fps=25, seed=4),
+    }
+    settings = tiny_settings(raw, root / "shards", root / "work", corpus="voxceleb2", overrides=REAL_FIT)
+    run_preprocessing(settings)
+    records = {r["identity"]: r for r in read_manifest(root / "shards")}
+    samples = {}
+    for split in ("train", "val", "test"):
+        if (root / "shards" / split).exists():
+            samples.update({s["identity"]: s for s in ShardReader(root / "shards" / split)})
+    return RealCorpus(clips, records, samples, settings)
+
+
+def _accepted(corpus: RealCorpus, identity: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    record = corpus.records[identity]
+    assert record["status"] == "accepted", record
+    sample = corpus.samples[identity]
+    assert sample["num_frames"] == record["num_frames"] and len(sample["audio"]) == 640 * record["num_frames"]
+    return record, sample
+
+
+def test_real_portrait_with_a_false_face_on_its_clothing_lands(real_corpus):
+    clip = real_corpus.clips["id20001"]
+    # the premise: dlib finds a second "face" (on the suit) in more frames than several_faces_fraction
+    detector = make_detector("dlib", real_corpus.settings.detector["dlib"])
+    frames = decode_frames(clip.path)[::4]
+    crowded = np.mean([len(detector(frame)) >= 2 for frame in frames])
+    assert crowded >= real_corpus.settings.clip.several_faces_fraction
+    record, sample = _accepted(real_corpus, "id20001")
+    assert record["source_fps"] == 25.0 and record["num_frames"] == 50
+
+
+def test_30_fps_clip_is_resampled_to_25_fps(real_corpus):
+    clip = real_corpus.clips["id20002"]
+    record, sample = _accepted(real_corpus, "id20002")
+    assert record["source_fps"] == 30.0
+    assert abs(record["num_frames"] - clip.duration_s * 25) <= 1
+    assert record["trim"] == {"start_s": 0.0, "end_s": 2.0, "video_duration_s": 2.0, "audio_duration_s": 2.0}
+
+
+def test_audio_ending_early_trims_the_clip(real_corpus):
+    clip = real_corpus.clips["id20003"]
+    record, sample = _accepted(real_corpus, "id20003")
+    trim = record["trim"]
+    assert trim["video_duration_s"] == pytest.approx(3.0) and trim["audio_duration_s"] == pytest.approx(2.3)
+    assert trim["start_s"] == 0.0 and 2.3 - 0.04 < trim["end_s"] <= 2.3
+    assert record["num_frames"] == int(clip.audio_duration_s * 25)
+
+
+@pytest.mark.parametrize("identity", ["id20001", "id20002", "id20003"])
+def test_fit_lands_on_the_real_face(real_corpus, identity):
+    """The stored landmarks, carried back to the frame, lie on the face where the camera path put it
+    at that frame's time, and the fitted 3DMM reproduces them."""
+    record, sample = _accepted(real_corpus, identity)
+    clip = real_corpus.clips[identity]
+    assert record["fit_landmark_error_px"] < 2.5  # at a 128 px crop
+    landmarks = sample["landmarks"]
+    assert landmarks.min() >= 0 and landmarks.max() <= TINY_CROP
+    x0, y0, side = record["crop_box"]
+    in_frame = landmarks * (side / TINY_CROP) + np.array([x0, y0], np.float32)
+    for index, points in enumerate(in_frame):
+        time_s = record["trim"]["start_s"] + (record["start_frame"] + index) / 25
+        box = clip.face_box_at(time_s)
+        size = box[2] - box[0]
+        margin = 0.15 * size
+        assert np.all(points >= box[:2] - margin) and np.all(points <= box[2:] + margin), (index, box)
+        centre = (box[:2] + box[2:]) / 2
+        assert np.linalg.norm(points.mean(axis=0) - centre) < 0.1 * size
+
+
+def test_second_real_person_rejects_the_clip(real_corpus):
+    record = real_corpus.records["id20004"]
+    assert record["status"] == "rejected" and record["reason"] == "several_faces", record
 
 
 # --- kill -9 and resume ------------------------------------------------------------------------------

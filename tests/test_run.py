@@ -8,14 +8,18 @@ disjoint samples, resume from last.ckpt, a `-m` sweep (with DDP inside it), and 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
 
+from datamodules.shards import ShardReader
 from lightning_modules.training import run_task
-from tests.helpers import compose_config, run_cli, wandb_records
+from tests.helpers import compose_config, instantiate_quietly, run_cli, wandb_records
 
 # Stage-1 networks at test size: the real architecture with narrow layers (CPU, 2 cores).
 TINY_STAGE1 = [
@@ -87,8 +91,8 @@ def test_bf16_mixed_on_cpu(corpus_args, tmp_path) -> None:
         + TINY_STAGE1,
         tmp_path / "run",
     )
-    loss = run_task(cfg)
-    assert loss is None or torch.isfinite(torch.tensor(loss))
+    loss = run_task(cfg)  # the validation loss of the one fast_dev_run batch
+    assert loss is not None and math.isfinite(loss)
 
 
 def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tmp_path) -> None:
@@ -138,17 +142,42 @@ def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_
 
 
 def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tmp_path) -> None:
+    """`ckpt_path=last` finds the training run's newest checkpoint from task=test and task=predict (their run
+    directories hold none); predict writes every test clip whole, as .npz and as a rendered mp4."""
     common = ["experiment=stage1", "logger=csv", "run_name=eval", f"paths.log_dir={tmp_path}", *QUIET]
     common += corpus_args + TINY_STAGE1
-    run_cli([*common, "trainer.max_steps=2"])
+    with pytest.raises(ValueError, match="task=test needs a checkpoint"):
+        run_task(compose_config([*common, "task=test"], tmp_path / "no_checkpoint"))
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoint in"):
+        run_task(compose_config([*common, "task=test", "ckpt_path=last"], tmp_path / "no_checkpoint"))
+
+    run_cli([*common, "trainer.max_steps=2", "model.optimizer.lr=0.05"])
     checkpoint = tmp_path / "train" / "stage1" / "eval" / "checkpoints" / "last.ckpt"
-    tested = run_cli([*common, "task=test", f"ckpt_path={checkpoint}", "optimized_metric=test/aed"])
-    assert re.search(r"optimized_metric test/aed = [0-9.e+-]+", tested.stdout), tested.stdout[-2000:]
+    aed = {}
+    for name, path in (("explicit", checkpoint), ("last", "last")):
+        tested = run_cli([*common, "task=test", f"ckpt_path={path}", "optimized_metric=test/aed"])
+        aed[name] = float(re.search(r"optimized_metric test/aed = ([0-9.e+-]+)", tested.stdout).group(1))
+    assert aed["last"] == aed["explicit"]
+    # the same network untrained scores otherwise: the trained weights were evaluated
+    datamodule, model, trainer = instantiate_quietly(compose_config([*common, "task=test"], tmp_path / "x"))
+    untrained = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/aed"]
+    assert untrained != pytest.approx(aed["last"], rel=1e-3)
     assert (
         "test/aed_mean_baseline"
         in (tmp_path / "test" / "stage1" / "eval" / "csv" / "metrics.csv").read_text()
     )
-    run_cli([*common, "task=predict", f"ckpt_path={checkpoint}"])
+
+    run_cli([*common, "task=predict", "ckpt_path=last", "callbacks.predictions.render_video=true"])
+    out = tmp_path / "predict" / "stage1" / "eval" / "predictions"
+    test_clips = [c for c in ShardReader(Path(corpus_args[0].split("=", 1)[1]) / "test")]
+    for clip in test_clips:
+        stem = clip["clip_id"].replace("/", "__")
+        saved = np.load(out / f"{stem}.npz")
+        assert saved["expression"].shape == (clip["num_frames"], 64)
+        np.testing.assert_allclose(saved["coeffs_true"], clip["coeffs"])
+        np.testing.assert_allclose(saved["coeffs"][:, 80:144], saved["expression"])
+        with av.open(str(out / f"{stem}.mp4")) as video:
+            assert video.streams.video[0].frames == clip["num_frames"] and video.streams.audio
 
 
 @pytest.mark.parametrize(("stage", "metric"), [("syncnet", "test/auc"), ("teacher", "test/l1")])
@@ -230,3 +259,34 @@ def test_wandb_offline_run_directory_holds_the_logged_metrics(corpus_args, tmp_p
     )
     assert "stage1" in run.tags
     assert list((offline_runs[0] / "files" / "media" / "videos").rglob("*.mp4")), "no validation video panel"
+
+
+def test_optuna_sweep_records_the_best_of_its_trials(corpus_args, tmp_path) -> None:
+    """`hydra/sweeper=stage1_optuna`: two trials of its stage-1 space (lr, lambda_shape), one job directory
+    each with its metrics.json, and the study's best value in optimization_results.yaml is the lowest
+    trial's optimized_metric (the sweeper sets it to val/lmd_mouth)."""
+    from omegaconf import OmegaConf
+
+    run_cli(
+        ["-m", "hydra/sweeper=stage1_optuna", "hydra.sweeper.n_trials=2", "experiment=stage1", "logger=csv"]
+        + ["run_name=optuna", "trainer.max_steps=2", "trainer.limit_val_batches=1"]
+        + ["callbacks.a2e_media=null", f"paths.log_dir={tmp_path}", *QUIET]
+        + corpus_args
+        + TINY_STAGE1
+    )
+    sweep_dir = tmp_path / "train" / "stage1" / "optuna_sweep"
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    values, trials = [], []
+    for job in jobs:
+        record = json.loads((sweep_dir / job / "metrics.json").read_text())
+        overrides = dict(o.split("=", 1) for o in record["overrides"])
+        values.append(record["metrics"][overrides["optimized_metric"]])
+        trials.append({k: float(overrides[k]) for k in ("model.optimizer.lr", "model.lambda_shape")})
+        assert 1e-5 <= trials[-1]["model.optimizer.lr"] <= 1e-3
+        assert 0.1 <= trials[-1]["model.lambda_shape"] <= 1.0
+    assert trials[0] != trials[1], "the two trials should sample different parameters"
+    assert overrides["optimized_metric"] == "val/lmd_mouth"
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert set(results.best_params) == {"model.optimizer.lr", "model.lambda_shape"}
+    assert results.best_value == pytest.approx(min(values), rel=1e-9), (results.best_value, values)

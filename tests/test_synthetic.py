@@ -47,27 +47,39 @@ def test_features_have_the_documented_rates_and_ranges():
 
 
 def test_mouth_follows_the_audio():
+    """How the synthetic lips answer to sound, checked on sounds with known content rather than against the
+    formula: silence presses the lips shut, louder speech opens the jaw wider, a low vowel rounds the lips
+    more than a hiss, a hiss spreads them more than a vowel does."""
     from face3d.procedural import EXPRESSION_NAMES
 
+    rate, frames = audio_lib.SAMPLE_RATE, 25
+    t = np.arange(rate) / rate
+    vowel = sum(np.sin(2 * np.pi * f * t) / (k + 1) for k, f in enumerate((150, 300, 450, 700)))
+    hiss = np.random.default_rng(0).standard_normal(rate)
+    hiss = np.fft.irfft(np.fft.rfft(hiss) * (np.fft.rfftfreq(rate, 1 / rate) > 3000), n=rate)
+
+    def mouth(wave: np.ndarray, level_db: float) -> dict[str, float]:
+        wave = wave / np.sqrt((wave**2).mean()) * 10 ** (level_db / 20)
+        exp = mouth_expression(
+            audio_lib.frame_features(wave.astype(np.float32), frames),
+            EXPRESSION_NAMES,
+            MotionParams(),
+            np.ones(3),
+        )
+        return {name: float(exp[:, EXPRESSION_NAMES.index(name)].mean()) for name in EXPRESSION_NAMES[:4]}
+
+    silence = mouth(np.zeros(rate) + 1e-9, -120)
+    quiet, loud, hissing = mouth(vowel, -30), mouth(vowel, -15), mouth(hiss, -15)
+    assert silence["jaw_open"] == 0 and silence["lips_press"] > 0.5
+    assert loud["jaw_open"] > quiet["jaw_open"] > 0.2 and loud["lips_press"] < 0.05
+    assert loud["lips_round"] > 2 * hissing["lips_round"]
+    assert hissing["lips_spread"] > 2 * loud["lips_spread"]
+    # Speech-sized motion: the median voiced frame of the built-in speech opens the jaw about as wide as
+    # coefficient 1 (the procedural model's natural-size jaw opening).
     wave = audio_lib.synthesize_speech(4.0, seed=5)
     features = audio_lib.frame_features(wave, 100)
-    exp = mouth_expression(features, EXPRESSION_NAMES, MotionParams(), np.ones(3))
-    np.testing.assert_array_equal(
-        exp, mouth_expression(features, EXPRESSION_NAMES, MotionParams(), np.ones(3))
-    )
-    jaw = exp[:, EXPRESSION_NAMES.index("jaw_open")]
-    with_loudness = np.corrcoef(jaw, features[:, 0])[0, 1]
-    # The jaw opens with loudness, wider on vowels (low-frequency share); 3-tap smoothing aside, exactly so.
-    drive = features[:, 0] * (0.5 + 0.5 * features[:, 2])
-    with_drive = np.corrcoef(jaw, drive)[0, 1]
-    print(
-        f"jaw vs loudness: r = {with_loudness:.3f}; vs loudness x (0.5 + 0.5 low share): r = {with_drive:.3f}"
-    )
-    assert with_loudness > 0.6 and with_drive > 0.85
-    # Speech-sized motion: the median voiced frame opens the jaw about as wide as coefficient 1.
+    jaw = mouth_expression(features, EXPRESSION_NAMES, MotionParams(), np.ones(3))[:, 0]
     assert 0.6 < np.median(jaw[features[:, 0] > 0.3]) < 1.6
-    silent = mouth_expression(np.zeros((10, 3), np.float32), EXPRESSION_NAMES, MotionParams(), np.ones(3))
-    assert np.all(silent[:, EXPRESSION_NAMES.index("jaw_open")] == 0)
 
 
 def test_write_mp4_round_trip(tmp_path):

@@ -8,6 +8,7 @@ from datamodules.preprocess.layout import ClipSource, discover_clips
 from datamodules.preprocess.pipeline import (
     PreprocessSettings,
     preprocess_corpus,
+    preprocess_recipe,
     run_preprocessing,
     settings_from_config,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PreprocessSettings",
     "discover_clips",
     "preprocess_corpus",
+    "preprocess_recipe",
     "run_preprocessing",
     "settings_from_config",
 ]

@@ -1,9 +1,10 @@
-"""One clip from raw mp4 to a shard sample: validate, decode, detect, track and crop, fit the 3DMM,
-render I_3D, compute the audio features and (optionally) the teacher's semantic images."""
+"""One clip from raw mp4 to a shard sample: validate, decode onto the suite's 25 fps clock (trimmed to
+the time both streams cover), detect, track and crop, fit the 3DMM, render I_3D, compute the audio
+features and (optionally) the teacher's semantic images."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,14 +12,15 @@ import torch
 
 from datamodules import audio as audio_lib
 from datamodules.preprocess.layout import ClipSource
-from datamodules.preprocess.render import render_faces
 from datamodules.preprocess.track import crop_box, crop_frames, interpolate_boxes, select_tube, to_crop_pixels
 from datamodules.preprocess.video import (
     ClipRejected,
+    common_span,
     decode_audio,
     decode_frames,
     is_grayscale,
     probe,
+    trim_record,
     validate,
 )
 from datamodules.shards import make_clip_sample
@@ -26,24 +28,36 @@ from datamodules.shards import make_clip_sample
 
 @dataclass
 class ClipOptions:
-    """Every number of the per-clip pipeline (the `preprocess` config node)."""
+    """Every number of the per-clip pipeline: the `preprocess.clip` config node (conf/data/corpus.yaml
+    documents each key), with no defaults of its own."""
 
-    crop_size: int = 128
-    fps: float = 25.0
-    max_side: int = 1920
-    vfr_tolerance: float = 0.2
-    audio_tolerance_s: float = 0.04
-    grayscale_tolerance: float = 2.0
-    min_frames: int = 25  # shortest accepted face tube (frames)
-    max_frames: int = 0  # longest clip kept (0: no limit); longer tubes are cut
-    iou_with_initial: float = 0.25  # FOMM crop-video.py
-    increase: float = 0.1  # FOMM crop-video.py: box margin on each side, fraction of its size
-    max_gap: int = 3  # missed detections bridged inside a tube
-    several_faces_fraction: float = 0.3  # share of frames with a second face that rejects the clip
-    min_face_size: int = 64  # smallest crop side in source pixels
-    fit: dict[str, Any] = field(default_factory=dict)  # face3d.fit_landmarks keyword arguments
-    render_batch: int = 25
-    jpeg_quality: int = 95
+    crop_size: int
+    fps: float
+    max_side: int
+    vfr_tolerance: float
+    audio_tolerance_s: float
+    grayscale_tolerance: float
+    min_frames: int
+    max_frames: int
+    iou_with_initial: float
+    max_gap: int
+    several_faces_fraction: float
+    second_face_score_ratio: float
+    second_face_size_ratio: float
+    increase: float
+    min_face_size: int
+    fit: dict[str, Any]
+    appearance: dict[str, Any]
+    render_batch: int
+    jpeg_quality: int
+
+    def __post_init__(self) -> None:
+        if self.fps * audio_lib.SAMPLES_PER_FRAME != audio_lib.SAMPLE_RATE:
+            raise ValueError(
+                f"preprocess.clip.fps is {self.fps}: it must be the suite's clock, "
+                f"{audio_lib.SAMPLE_RATE / audio_lib.SAMPLES_PER_FRAME:g} fps (sources at any rate are "
+                "resampled to it)"
+            )
 
 
 @dataclass
@@ -64,6 +78,8 @@ def face_tube(detections: list, height: int, width: int, options: ClipOptions) -
         options.iou_with_initial,
         options.max_gap,
         options.several_faces_fraction,
+        options.second_face_score_ratio,
+        options.second_face_size_ratio,
     )
     return tube, crop_box(tube, height, width, options.increase)
 
@@ -86,15 +102,9 @@ def process_clip(
     import face3d
 
     info = probe(source.path, options.vfr_tolerance)
-    validate(
-        info,
-        source.path,
-        options.fps,
-        max_side=options.max_side,
-        min_frames=options.min_frames,
-        audio_tolerance_s=options.audio_tolerance_s,
-    )
-    frames = decode_frames(source.path)
+    validate(info, source.path, options.fps, max_side=options.max_side, min_frames=options.min_frames)
+    span = common_span(info, source.path, options.fps, options.min_frames, options.audio_tolerance_s)
+    frames = decode_frames(source.path, span.frame_times())
     if is_grayscale(frames, options.grayscale_tolerance):
         raise ClipRejected("grayscale", f"{source.path}: colour channels are equal (a grayscale video)")
     height, width = frames.shape[1:3]
@@ -111,25 +121,34 @@ def process_clip(
     landmarks = to_crop_pixels(landmarks_frame, box, options.crop_size)
     num_frames = end - start
     spf = audio_lib.SAMPLES_PER_FRAME
-    pcm = decode_audio(source.path, len(frames) * spf)[start * spf : end * spf]
+    pcm = decode_audio(source.path, len(frames) * spf, start_s=span.start_s)[start * spf : end * spf]
     wave = audio_lib.to_float(pcm)
 
     device = tools.model.mean_shape.device
     fit = face3d.fit_landmarks(
         tools.model, tools.camera, torch.from_numpy(landmarks).to(device), **options.fit
     )
-    coeffs = fit.coeffs.detach().float().cpu()
-    image, mask = render_faces(tools.model, tools.camera, coeffs, options.render_batch)
-    render3d = (image * 255).round().astype(np.uint8)
-    face_mask = (mask[..., 0] > 0.5).astype(np.uint8) * 255
+    # Texture and light from the clip's own pixels, so that I_3D shows this person (face3d/appearance.py);
+    # I_3D is then shaded from the fit's rasterisation, not rasterised again.
+    renderer = face3d.FaceRenderer(tools.model, tools.camera)
+    images = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255.0
+    appearance = face3d.fit_appearance(
+        tools.model, tools.camera, fit.coeffs.detach(), images, renderer=renderer, **options.appearance
+    )
+    rendered = appearance.render(renderer)
+    coeffs = appearance.coeffs.detach().float().cpu()
+    render3d = (rendered["image"].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    face_mask = (rendered["mask"][:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
+    albedo = None if appearance.albedo is None else appearance.albedo.float().cpu().numpy()
 
     mel = audio_lib.melspectrogram(wave)
     semantic = None
     if tools.teacher is not None:
-        from lightning_modules.networks.wav2lip import generate_semantic_frames
+        from lightning_modules.networks.wav2lip import IMAGE_SIZE, generate_semantic_frames
 
+        # At the teacher's own 96 px: the loader serves them at the size the model is configured for.
         semantic = generate_semantic_frames(
-            tools.teacher, crops, audio_lib.mel_windows(mel, np.arange(num_frames))
+            tools.teacher, crops, audio_lib.mel_windows(mel, np.arange(num_frames)), output_size=IMAGE_SIZE
         )
     sample = make_clip_sample(
         clip_id=source.clip_id,
@@ -143,6 +162,7 @@ def process_clip(
         mfcc=audio_lib.mfcc(wave),
         mel=mel,
         semantic=semantic,
+        albedo=albedo,
         source=source.path,
         jpeg_quality=options.jpeg_quality,
     )
@@ -155,5 +175,11 @@ def process_clip(
         "start_frame": int(start),
         "crop_box": [int(v) for v in box],
         "fit_landmark_error_px": round(float(residual), 3),
+        # Mean |I_3D - frame| over the rendered face, with the mean texture under default light and after
+        # the appearance fit (colour in [0, 1]).
+        "photometric_error_before": round(float(appearance.error_before.mean()), 4),
+        "photometric_error": round(float(appearance.error_after.mean()), 4),
+        "source_fps": round(info.fps, 3),
+        "trim": trim_record(info, span),
     }
     return sample, record

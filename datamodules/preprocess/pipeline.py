@@ -7,6 +7,8 @@ Crash safety (kill -9 at any moment):
 2. once every clip of the corpus has a result (whichever task or run made it), the results are packed:
    `datamodules.shards.write_shards` writes each split into a temporary dir and renames it into place,
    then `manifest.jsonl` is replaced atomically. One result file per clip id means no duplicates.
+3. `work_dir/recipe.json` records how the results are made (`datamodules.recipe`); a rerun with other
+   settings is refused rather than mixing the two, and the shards carry the same recipe.
 With SLURM arrays (`shard=i/n`, by default from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) each task
 takes clips i, i + n, ...; the task that finds the corpus complete packs it.
 """
@@ -21,7 +23,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 from datamodules.preprocess.clip import ClipOptions, Tools, process_clip
 from datamodules.preprocess.layout import ClipSource, discover_clips
 from datamodules.preprocess.video import ClipRejected
+from datamodules.recipe import face_model_recipe, file_digest, read_recipe, recipe_differences, write_recipe
 from datamodules.shards import MANIFEST_NAME, SPLITS, write_shards
 
 log = logging.getLogger(__name__)
@@ -36,25 +39,60 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreprocessSettings:
-    """Everything `run_preprocessing` needs, as plain values."""
+    """Everything `run_preprocessing` needs, as plain values: `settings_from_config(cfg.data)` builds it
+    from the `data` config node, the one place the defaults live."""
 
     corpus: str
     input_dir: str
     shard_dir: str
     work_dir: str
-    face_model: dict[str, Any] = field(default_factory=dict)
-    camera: dict[str, float] = field(default_factory=dict)
-    detector: dict[str, Any] = field(default_factory=lambda: {"backend": "dlib"})
-    clip: ClipOptions = field(default_factory=ClipOptions)
-    num_workers: int = 0
-    torch_threads: int | None = None
-    device: str = "cpu"  # where fitting and I_3D rendering run ("cuda" on a GPU node)
-    shard: tuple[int, int] = (0, 1)
-    teacher_checkpoint: str | None = None
-    split_fractions: dict[str, float] = field(
-        default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05}
-    )
-    chunk_bytes: str = "64MB"
+    face_model: dict[str, Any]
+    camera: dict[str, float]
+    detector: dict[str, Any]
+    clip: ClipOptions
+    num_workers: int
+    torch_threads: int | None
+    device: str  # where fitting, I_3D rendering and the teacher run ("cuda" on a GPU node)
+    shard: tuple[int, int]
+    teacher_checkpoint: str | None
+    split_fractions: dict[str, float]
+    chunk_bytes: str
+
+
+# Bumped whenever the pipeline's code changes what it writes for the same settings.
+PREPROCESS_VERSION = 2
+
+
+def preprocess_recipe(settings: PreprocessSettings, source: dict[str, Any] | None) -> dict[str, Any]:
+    """What shards made with `settings` from a raw corpus of recipe `source` (the synthetic corpus's;
+    None for a real one) are made of: `datamodules.recipe`."""
+    return {
+        "version": PREPROCESS_VERSION,
+        "corpus": settings.corpus,
+        "source": source,
+        "face_model": face_model_recipe(settings.face_model),
+        "camera": settings.camera,
+        "detector": settings.detector,
+        "clip": asdict(settings.clip),
+        "teacher": file_digest(settings.teacher_checkpoint),
+        "split_fractions": settings.split_fractions,
+    }
+
+
+def check_work_dir(settings: PreprocessSettings, recipe: dict[str, Any]) -> None:
+    """Resuming reuses the per-clip results in work_dir only when they were made the same way; the first
+    run writes its recipe there."""
+    recorded = read_recipe(settings.work_dir)
+    if recorded is None:
+        write_recipe(settings.work_dir, recipe)
+        return
+    changes = recipe_differences(recorded, recipe)
+    if changes:
+        raise RuntimeError(
+            f"{settings.work_dir} holds per-clip results made with other settings ("
+            + "; ".join(changes)
+            + "): preprocess into a new data.preprocess.work_dir and data.shard_dir, or delete these"
+        )
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -115,7 +153,7 @@ def build_tools(settings: PreprocessSettings) -> Tools:
     if settings.teacher_checkpoint:
         from lightning_modules.networks.wav2lip import load_wav2lip
 
-        teacher = load_wav2lip(settings.teacher_checkpoint)
+        teacher = load_wav2lip(settings.teacher_checkpoint).to(settings.device)
     return Tools(detector=detector, model=model, camera=camera, teacher=teacher)
 
 
@@ -182,6 +220,7 @@ def pack(settings: PreprocessSettings, clips: list[ClipSource]) -> dict[str, int
         counts[split] = len(accepted)
         if accepted:
             write_shards(samples(), shard_dir / split, chunk_bytes=settings.chunk_bytes, overwrite=True)
+    write_recipe(shard_dir, read_recipe(settings.work_dir))  # before the manifest, which marks completion
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     _atomic_write_bytes(shard_dir / MANIFEST_NAME, text.encode())
     return counts
@@ -194,6 +233,7 @@ def run_preprocessing(settings: PreprocessSettings) -> dict[str, Any]:
     clips = discover_clips(settings.input_dir, settings.corpus, settings.split_fractions)
     if not clips:
         raise FileNotFoundError(f"no {settings.corpus} clips found under {settings.input_dir}")
+    check_work_dir(settings, preprocess_recipe(settings, read_recipe(settings.input_dir)))
     (Path(settings.work_dir) / "clips").mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(Path(settings.work_dir) / "clips")
     index, count = settings.shard
@@ -262,17 +302,17 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
         input_dir=pre["input_dir"],
         shard_dir=node["shard_dir"],
         work_dir=pre["work_dir"],
-        face_model=dict(pre.get("face_model") or {}),
-        camera=dict(pre.get("camera") or {}),
-        detector=dict(pre.get("detector") or {"backend": "dlib"}),
-        clip=ClipOptions(**(pre.get("clip") or {})),
-        num_workers=int(pre.get("num_workers", 0)),
-        torch_threads=pre.get("torch_threads"),
-        device=str(pre.get("device", "cpu")),
-        shard=parse_shard(pre.get("shard")),
-        teacher_checkpoint=pre.get("teacher_checkpoint"),
-        split_fractions=dict(pre.get("split_fractions") or {"train": 0.9, "val": 0.05, "test": 0.05}),
-        chunk_bytes=str(pre.get("chunk_bytes", "64MB")),
+        face_model=dict(pre["face_model"]),
+        camera=dict(pre["camera"]),
+        detector=dict(pre["detector"]),
+        clip=ClipOptions(**pre["clip"]),
+        num_workers=int(pre["num_workers"]),
+        torch_threads=pre["torch_threads"],
+        device=str(pre["device"]),
+        shard=parse_shard(pre["shard"]),
+        teacher_checkpoint=pre["teacher_checkpoint"],
+        split_fractions=dict(pre["split_fractions"]),
+        chunk_bytes=str(pre["chunk_bytes"]),
     )
 
 

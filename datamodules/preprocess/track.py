@@ -1,9 +1,10 @@
 """Face tubes and the square crop, following the VoxCeleb protocol of the first-order motion model
 (Siarohin et al. 2019, `crop-video.py`): per-frame detections are joined into tubes by IoU with the
 tube's first box, a tube's boxes are joined (union), enlarged by a margin, made square and cropped;
-short tubes are dropped. Our additions: a few missed frames inside a tube are bridged, and a clip that
-shows a second face in a good share of its frames is rejected as "several faces" (a training clip shows
-one speaker).
+short tubes are dropped. Our additions: a few missed frames inside a tube are bridged, the speaker's
+tube is the most prominent one, and a clip that shows a plausible second person (a face scoring and
+measuring close to the speaker's) in a good share of its frames is rejected as "several faces" (a
+training clip shows one speaker).
 """
 
 from __future__ import annotations
@@ -77,23 +78,57 @@ def select_tube(
     min_frames: int,
     iou_with_initial: float,
     max_gap: int,
-    several_faces_fraction: float = 0.3,
+    several_faces_fraction: float,
+    second_face_score_ratio: float,
+    second_face_size_ratio: float,
 ) -> Tube:
     """The clip's single speaker tube; ClipRejected('no_face' | 'several_faces' | 'short_tube').
 
-    A clip counts as showing several faces when at least `several_faces_fraction` of its frames hold
-    two or more separate faces (boxes overlapping less than `iou_with_initial`): a sporadic false
-    detection does not reject a clip, a second person in shot does, however their tubes break up."""
+    The speaker's tube is the most prominent one: the most detection score times face size summed
+    over its frames (a false detection that lasts as long as the face, such as dlib's faint hits on
+    clothing, or a small face far behind, weighs far less). Another tube is a plausible person when
+    its median score and size reach `second_face_score_ratio` and `second_face_size_ratio` of the
+    speaker's (judged over the tube, not frame by frame: a false detection scores a few percent of the
+    face on most frames and more on a few). The clip is rejected when at least `several_faces_fraction`
+    of its frames show two separate plausible faces (boxes overlapping less than `iou_with_initial`).
+    Frames are counted, not tubes: a second person rejects the clip however their tube breaks up,
+    while implausible detections and sporadic ones (too few frames) do not."""
     if not any(detections):
         raise ClipRejected("no_face", f"no face detected in any of {len(detections)} frames")
-    crowded = sum(_separate_faces(faces, iou_with_initial) >= 2 for faces in detections)
-    if crowded >= several_faces_fraction * len(detections):
-        raise ClipRejected("several_faces", f"two or more faces in {crowded} of {len(detections)} frames")
     tubes = build_tubes(detections, iou_with_initial, max_gap)
-    main = max(tubes, key=lambda tube: (len(tube.faces), -tube.start))
+    main = max(tubes, key=lambda tube: (_prominence(tube), len(tube.faces), -tube.start))
+    main_score, main_size = _median_score_and_size(main)
+    plausible: list[list[Face]] = [[] for _ in detections]
+    for tube in tubes:
+        score, size = _median_score_and_size(tube)
+        if score >= second_face_score_ratio * main_score and size >= second_face_size_ratio * main_size:
+            for t, face in tube.faces.items():
+                plausible[t].append(face)
+    crowded = sum(_separate_faces(faces, iou_with_initial) >= 2 for faces in plausible)
+    if crowded >= several_faces_fraction * len(detections):
+        raise ClipRejected(
+            "several_faces",
+            f"a second face (median score >= {second_face_score_ratio * main_score:.2f}, size >= "
+            f"{second_face_size_ratio * main_size:.0f} px) in {crowded} of {len(detections)} frames",
+        )
     if main.length < min_frames:
         raise ClipRejected("short_tube", f"longest face tube has {main.length} frames < {min_frames}")
     return main
+
+
+def _size(face: Face) -> float:
+    """Side of the square with the box's area, in pixels."""
+    w, h = face.box[2] - face.box[0], face.box[3] - face.box[1]
+    return float(np.sqrt(max(0.0, w) * max(0.0, h)))
+
+
+def _prominence(tube: Tube) -> float:
+    return sum(max(0.0, face.score) * _size(face) for face in tube.faces.values())
+
+
+def _median_score_and_size(tube: Tube) -> tuple[float, float]:
+    faces = list(tube.faces.values())
+    return max(0.0, float(np.median([f.score for f in faces]))), float(np.median([_size(f) for f in faces]))
 
 
 def _separate_faces(faces: list[Face], max_iou: float) -> int:

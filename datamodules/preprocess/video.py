@@ -1,5 +1,11 @@
-"""Video files: H.264 + AAC writing (PyAV), probing and validation (PyAV demux, no decoding), and
-frame/audio decoding (decord).
+"""Video files: H.264 + AAC writing, probing and validation (demux, no decoding), and decoding onto the
+suite's clock, all through PyAV.
+
+The suite's clock is 25 fps with 16 kHz audio (frame t covers samples [640 t, 640 (t + 1))). A source
+at any constant frame rate is brought onto it from the streams' own timestamps: `common_span` finds the
+time both streams cover (trimming a soundtrack that ends early or starts late), `decode_frames` picks
+for each 25 fps output time the source frame nearest to it, and `decode_audio` cuts the 16 kHz audio at
+the same start time, so sound and picture stay aligned to within a frame whatever the source rate.
 
 Every way a file can be unusable is raised as `ClipRejected(reason, detail)`: the pipeline writes the
 reason into the manifest and moves on.
@@ -8,13 +14,15 @@ reason into the manifest and moves on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
-import decord
 import numpy as np
 
 from datamodules.audio import SAMPLE_RATE, to_int16
+
+_DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError)
 
 
 class ClipRejected(Exception):
@@ -30,12 +38,15 @@ def write_mp4(
     path: str | Path,
     frames: np.ndarray,
     audio: np.ndarray | None,
-    fps: int = 25,
+    fps: float | Fraction = 25,
     sample_rate: int = SAMPLE_RATE,
     crf: int = 20,
     preset: str = "veryfast",
+    audio_start_s: float = 0.0,
 ) -> None:
-    """Writes (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) with the mono float audio muxed as AAC.
+    """Writes (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) at `fps` (an int, a float such as 29.97,
+    or a Fraction such as 30000/1001) with the mono float audio muxed as AAC, its first sample playing
+    at `audio_start_s` (0: with the first frame).
 
     Written to `path` + '.tmp' and renamed, so a killed writer never leaves a half file behind."""
     path = Path(path)
@@ -43,7 +54,7 @@ def write_mp4(
     tmp = path.with_name(path.name + ".tmp")
     _, height, width, _ = frames.shape
     with av.open(str(tmp), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps)
+        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": str(crf), "preset": preset}
         stream_audio = None
@@ -58,7 +69,7 @@ def write_mp4(
         if stream_audio is not None:
             pcm = to_int16(np.asarray(audio, dtype=np.float32))[None]
             frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, 0
+            frame.sample_rate, frame.pts = sample_rate, int(round(audio_start_s * sample_rate))
             container.mux(stream_audio.encode(frame))
             container.mux(stream_audio.encode(None))
     tmp.replace(path)
@@ -66,7 +77,8 @@ def write_mp4(
 
 @dataclass
 class VideoInfo:
-    """What `probe` learns from the container without decoding a frame."""
+    """What `probe` learns from the container without decoding a frame. Times are seconds on the
+    streams' shared presentation clock."""
 
     width: int
     height: int
@@ -74,8 +86,18 @@ class VideoInfo:
     num_frames: int
     pix_fmt: str
     has_audio: bool
-    audio_duration_s: float
+    video_start_s: float
     video_duration_s: float
+    audio_start_s: float
+    audio_duration_s: float
+
+    @property
+    def video_end_s(self) -> float:
+        return self.video_start_s + self.video_duration_s
+
+    @property
+    def audio_end_s(self) -> float:
+        return self.audio_start_s + self.audio_duration_s
 
 
 _GRAY_FORMATS = ("gray", "gray10le", "gray12le", "gray16le", "ya8", "monob", "monow")
@@ -88,6 +110,15 @@ def _looks_like_container(path: Path) -> bool:
     return any(magic in head for magic in _CONTAINER_MAGIC)
 
 
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except _DECODE_ERRORS as error:
+        if _looks_like_container(path):
+            raise ClipRejected("corrupt", f"{path}: container does not open ({error})") from error
+        raise ClipRejected("not_a_video", f"{path}: not a video container ({error})") from error
+
+
 def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
     """Opens and demuxes the file (no decoding); raises ClipRejected for a zero-length file, a file
     that is no video, a corrupt/truncated container, no video stream, or a variable frame rate
@@ -97,20 +128,14 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
         raise ClipRejected("missing", f"{path} does not exist")
     if path.stat().st_size == 0:
         raise ClipRejected("empty_file", f"{path} has zero bytes")
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, ValueError) as error:
-        if _looks_like_container(path):
-            raise ClipRejected("corrupt", f"{path}: container does not open ({error})") from error
-        raise ClipRejected("not_a_video", f"{path}: not a video container ({error})") from error
-    with container:
+    with _open(path) as container:
         if not container.streams.video:
             raise ClipRejected("no_video_stream", f"{path} has no video stream")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
         width, height = video.codec_context.width, video.codec_context.height
         pix_fmt = video.codec_context.pix_fmt or ""
-        video_pts, audio_end = [], 0.0
+        video_pts, audio_start, audio_end = [], None, 0.0
         try:
             for packet in container.demux(*([video] + ([audio] if audio is not None else []))):
                 if packet.pts is None or packet.size == 0:
@@ -118,10 +143,15 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
                 if packet.stream.type == "video":
                     video_pts.append(float(packet.pts * packet.time_base))
                 else:
+                    start = float(packet.pts * packet.time_base)
+                    audio_start = start if audio_start is None else min(audio_start, start)
                     end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
                     audio_end = max(audio_end, end)
-        except (av.error.FFmpegError, OSError, ValueError) as error:
+        except _DECODE_ERRORS as error:
             raise ClipRejected("corrupt", f"{path}: demuxing failed ({error})") from error
+        if audio is not None and audio.start_time is not None:
+            # the stream's start time leaves out the encoder's priming samples (a packet before 0)
+            audio_start = float(audio.start_time * audio.time_base)
     if len(video_pts) < 2 or width <= 0 or height <= 0:
         raise ClipRejected("corrupt", f"{path}: {len(video_pts)} video packets, size {width}x{height}")
     times = np.sort(np.array(video_pts))
@@ -135,6 +165,7 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
             "variable_frame_rate",
             f"{path}: frame intervals from {intervals.min() * 1000:.1f} to {intervals.max() * 1000:.1f} ms",
         )
+    audio_start = audio_start or 0.0
     return VideoInfo(
         width=width,
         height=height,
@@ -142,8 +173,10 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
         num_frames=len(video_pts),
         pix_fmt=pix_fmt,
         has_audio=audio is not None,
-        audio_duration_s=audio_end,
-        video_duration_s=len(video_pts) * median,
+        video_start_s=float(times[0]),
+        video_duration_s=float(times[-1] - times[0]) + median,
+        audio_start_s=audio_start,
+        audio_duration_s=max(0.0, audio_end - audio_start),
     )
 
 
@@ -151,53 +184,163 @@ def validate(
     info: VideoInfo,
     path: str | Path,
     fps: float = 25.0,
-    fps_tolerance: float = 0.01,
     max_side: int = 1920,
     min_frames: int = 2,
-    audio_tolerance_s: float = 0.04,
 ) -> None:
-    """Rejects what the pipeline cannot use: wrong constant frame rate, grayscale pixel format, frames
-    larger than `max_side` (4K), too few frames, no audio, audio shorter than the video."""
-    if abs(info.fps - fps) > fps_tolerance * fps:
-        raise ClipRejected("frame_rate", f"{path}: {info.fps:.3f} fps, expected {fps}")
+    """Rejects what the pipeline cannot use: a grayscale pixel format, frames larger than `max_side`
+    (4K), a video shorter than `min_frames` at `fps`, no audio. Any constant source frame rate is
+    usable (`decode_frames` resamples it)."""
     if info.pix_fmt in _GRAY_FORMATS:
         raise ClipRejected("grayscale", f"{path}: pixel format {info.pix_fmt}")
     if max(info.width, info.height) > max_side:
         raise ClipRejected("too_large", f"{path}: {info.width}x{info.height} frames exceed {max_side} px")
-    if info.num_frames < min_frames:
-        raise ClipRejected("too_short", f"{path}: {info.num_frames} frames < {min_frames}")
+    if _frames_in(info.video_duration_s, fps) < min_frames:
+        raise ClipRejected(
+            "too_short",
+            f"{path}: {info.video_duration_s:.2f} s of video = {_frames_in(info.video_duration_s, fps)} "
+            f"frames at {fps:g} fps < {min_frames}",
+        )
     if not info.has_audio:
         raise ClipRejected("no_audio", f"{path} has no audio stream")
-    if info.audio_duration_s < info.video_duration_s - audio_tolerance_s:
+
+
+def _frames_in(duration_s: float, fps: float) -> int:
+    """Whole output frames in a duration (a microsecond of slack for timestamp rounding)."""
+    return int(np.floor(duration_s * fps + 1e-6))
+
+
+@dataclass(frozen=True)
+class Span:
+    """The stretch of a clip used on the suite's clock: `num_frames` frames at `fps` from `start_s`
+    (seconds on the streams' clock); output frame k shows time start_s + k / fps."""
+
+    start_s: float
+    num_frames: int
+    fps: float
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.num_frames / self.fps
+
+    def frame_times(self) -> np.ndarray:
+        return self.start_s + np.arange(self.num_frames) / self.fps
+
+
+def common_span(
+    info: VideoInfo, path: str | Path, fps: float, min_frames: int, audio_tolerance_s: float
+) -> Span:
+    """The time both streams cover, in whole frames at `fps`. Audio that starts or ends within
+    `audio_tolerance_s` of the video (AAC priming and padding) counts as covering it (the gap is
+    zero-padded); a larger gap trims both streams to their overlap, and a clip with fewer than
+    `min_frames` frames left is rejected ('too_short_after_trim')."""
+    start = info.video_start_s
+    if info.audio_start_s > start + audio_tolerance_s:
+        start = info.audio_start_s
+    end = info.video_end_s
+    if info.audio_end_s < end - audio_tolerance_s:
+        end = info.audio_end_s
+    num_frames = max(0, _frames_in(end - start, fps))
+    if num_frames < min_frames:
         raise ClipRejected(
-            "audio_shorter_than_video",
-            f"{path}: audio {info.audio_duration_s:.2f} s < video {info.video_duration_s:.2f} s",
+            "too_short_after_trim",
+            f"{path}: audio {info.audio_start_s:.2f}-{info.audio_end_s:.2f} s and video "
+            f"{info.video_start_s:.2f}-{info.video_end_s:.2f} s share {max(0.0, end - start):.2f} s = "
+            f"{num_frames} frames at {fps:g} fps < {min_frames}",
         )
+    return Span(start_s=start, num_frames=num_frames, fps=fps)
 
 
-def decode_frames(path: str | Path, num_threads: int = 1) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB frames through decord; ClipRejected('corrupt') when decoding fails."""
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
-    except decord.DECORDError as error:
-        raise ClipRejected("corrupt", f"{path}: frame decoding failed ({error})") from error
-    if frames.ndim != 4 or frames.shape[0] == 0:
+def trim_record(info: VideoInfo, span: Span) -> dict[str, float]:
+    """The manifest's account of the span: its start and end relative to the first video frame, and
+    the two streams' own durations (a trimmed clip has end_s short of video_duration_s)."""
+    return {
+        "start_s": round(span.start_s - info.video_start_s, 3),
+        "end_s": round(span.end_s - info.video_start_s, 3),
+        "video_duration_s": round(info.video_duration_s, 3),
+        "audio_duration_s": round(info.audio_duration_s, 3),
+    }
+
+
+def decode_frames(path: str | Path, times: np.ndarray | None = None, num_threads: int = 1) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB frames: for each of `times` (seconds on the streams' clock, increasing)
+    the decoded frame whose timestamp is nearest, or every frame when `times` is None.
+    ClipRejected('corrupt') when decoding fails."""
+    path = Path(path)
+    wanted = None if times is None else np.asarray(times, dtype=np.float64)
+    out: list[np.ndarray] = []
+    previous = None  # (time, frame) of the last decoded frame, converted to RGB only when picked
+    converted: list = [None, None]  # the last (frame, RGB image): a frame picked twice converts once
+
+    def rgb(frame: av.VideoFrame) -> np.ndarray:
+        if converted[0] is not frame:
+            converted[:] = [frame, frame.to_ndarray(format="rgb24")]
+        return converted[1]
+
+    with _open(path) as container:
+        if not container.streams.video:
+            raise ClipRejected("no_video_stream", f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = num_threads
+        try:
+            for frame in container.decode(stream):
+                if wanted is None:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                    continue
+                if frame.pts is None:
+                    raise ClipRejected("corrupt", f"{path}: a video frame without a timestamp")
+                time = float(frame.pts * frame.time_base)
+                while len(out) < len(wanted) and wanted[len(out)] <= time:
+                    # the wanted time lies between the previous frame and this one: the nearer wins
+                    target = wanted[len(out)]
+                    nearer = previous is not None and target - previous[0] <= time - target
+                    out.append(rgb(previous[1] if nearer else frame))
+                if len(out) == len(wanted):
+                    break
+                previous = (time, frame)
+            if wanted is not None and previous is not None:
+                while len(out) < len(wanted):  # times past the last frame show the last frame
+                    out.append(rgb(previous[1]))
+        except _DECODE_ERRORS as error:
+            raise ClipRejected("corrupt", f"{path}: frame decoding failed ({error})") from error
+    if not out or (wanted is not None and len(out) != len(wanted)):
         raise ClipRejected("corrupt", f"{path}: decoded no frames")
-    return frames
+    return np.stack(out)
 
 
-def decode_audio(path: str | Path, num_samples: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono int16 audio resampled to `sample_rate`, cut to `num_samples` (zero-padding at most the
-    tolerance `validate` allowed); ClipRejected when the audio stream does not decode."""
-    try:
-        reader = decord.AudioReader(str(path), sample_rate=sample_rate, mono=True)
-        wave = reader[:].asnumpy()[0]
-    except decord.DECORDError as error:
-        raise ClipRejected("corrupt", f"{path}: audio decoding failed ({error})") from error
-    if len(wave) < num_samples:
-        wave = np.pad(wave, (0, num_samples - len(wave)))
-    return to_int16(wave[:num_samples])
+def decode_audio(
+    path: str | Path, num_samples: int, sample_rate: int = SAMPLE_RATE, start_s: float | None = None
+) -> np.ndarray:
+    """`num_samples` of mono int16 audio resampled to `sample_rate`, from `start_s` on the streams'
+    clock (None: the first video frame's time), placed by the audio's own timestamps; where the audio
+    does not reach (at most the tolerance `common_span` allowed) it is zero-padded.
+    ClipRejected when the audio stream does not decode."""
+    path = Path(path)
+    chunks, first = [], None
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise ClipRejected("no_audio", f"{path} has no audio stream")
+        if start_s is None:
+            video = container.streams.video[0] if container.streams.video else None
+            start_s = float(video.start_time * video.time_base) if video and video.start_time else 0.0
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    if first is None and out.pts is not None:
+                        first = float(out.pts * out.time_base)
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except _DECODE_ERRORS as error:
+            raise ClipRejected("corrupt", f"{path}: audio decoding failed ({error})") from error
+    if not chunks:
+        raise ClipRejected("corrupt", f"{path}: decoded no audio")
+    wave = np.concatenate(chunks).astype(np.int16)
+    offset = int(round((start_s - (first or 0.0)) * sample_rate))
+    if offset < 0:
+        wave, offset = np.concatenate([np.zeros(-offset, np.int16), wave]), 0
+    wave = wave[offset : offset + num_samples]
+    return np.pad(wave, (0, num_samples - len(wave)))
 
 
 def is_grayscale(frames: np.ndarray, tolerance: float = 2.0) -> bool:
