@@ -8,7 +8,8 @@ Measured in this run, each against a baseline from the same run:
 - landmark projection: `landmarks_2d` frames/s (what stage 1's shape loss pays per frame);
 - fitting: `fit_landmarks` frames/s on a synthetic clip of `--frames` frames with the config's iteration
   counts (conf/face_model/procedural.yaml), and the fitting error against the ground truth;
-- photometric refinement: seconds per refinement step per frame at 128 px.
+- appearance: `fit_appearance` frames/s on renders of the same clip at 128 px with the config's options
+  (bench/bench_appearance.py measures its errors).
 Prints markdown tables. `--threads` sets torch's intra-op threads for this run (default: torch's);
 `--parts render landmarks fitting` picks the tables.
 """
@@ -119,16 +120,12 @@ def fitting_table(model, camera, fitting, args) -> None:
     seconds = time.perf_counter() - start
     exp_error = (fit.coeffs[:, 80:144] - truth[:, 80:144]).abs()
     size = 128
-    images = face3d.FaceRenderer(model, camera.resized(size))(truth[:8]).get("image").detach()
-    short = {**fitting, "rigid_steps": 1, "steps": 1}
-    base = best_time(lambda: face3d.fit_landmarks(model, camera, landmarks[:8], images, **short), 1)
-    photo = best_time(
-        lambda: face3d.fit_landmarks(
-            model, camera, landmarks[:8], images, **{**short, "photometric_steps": 3}
-        ),
-        1,
-    )
-    per_step = (photo - base) / 3 / 8
+    small = camera.resized(size)
+    images = face3d.FaceRenderer(model, small)(truth).get("image").detach()
+    appearance_options = OmegaConf.to_container(OmegaConf.load(CONFIG).appearance)
+    start = time.perf_counter()
+    face3d.fit_appearance(model, small, fit.coeffs, images, **appearance_options)
+    appearance_seconds = time.perf_counter() - start
     print(
         "\n| fitting | frames | steps (rigid + full) | frames/s | reprojection px @224 | mean abs exp error |"
     )
@@ -138,7 +135,10 @@ def fitting_table(model, camera, fitting, args) -> None:
         f"{args.frames / seconds:.1f} | {fit.mean_landmark_error:.3f} | {exp_error.mean():.3f} "
         f"(named 12: {exp_error[:, :12].mean():.3f}; truth mean |exp| {truth[:, 80:144].abs().mean():.3f}) |"
     )
-    print(f"| photometric refinement | 8 | per step | {1 / per_step:.1f} frame-steps/s at {size} px | | |")
+    print(
+        f"| fit_appearance | {args.frames} | linear solves | "
+        f"{args.frames / appearance_seconds:.1f} at {size} px | | |"
+    )
 
 
 if __name__ == "__main__":

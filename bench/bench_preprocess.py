@@ -6,8 +6,8 @@ Composes the real config (`data=synthetic`, data under a temporary `paths.data_d
 1. `task=synthesize`: generates the default synthetic corpus and times it;
 2. `task=preprocess` once per worker count, each into fresh work/shard dirs: frames/s overall and per
    worker (the per-worker figure is what to multiply by cores or SLURM array tasks);
-3. a per-stage split of one clip (decode, detect, fit, render I_3D) in this process, to show where the
-   time goes.
+3. a per-stage split of one clip (decode, detect, landmark fit, appearance fit with its rasterisation,
+   shading I_3D from it) in this process, to show where the time goes.
 Prints a markdown table.
 """
 
@@ -20,8 +20,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,10 +42,9 @@ def stage_split(settings) -> dict[str, float]:
 
     import face3d
     from datamodules.preprocess import discover_clips
-    from datamodules.preprocess.clip import face_tube
+    from datamodules.preprocess.clip import face_tube, landmarks_for_tube
     from datamodules.preprocess.pipeline import build_tools
-    from datamodules.preprocess.render import render_faces
-    from datamodules.preprocess.track import to_crop_pixels
+    from datamodules.preprocess.track import crop_frames, to_crop_pixels
     from datamodules.preprocess.video import decode_frames
 
     tools = build_tools(settings)
@@ -61,14 +58,22 @@ def stage_split(settings) -> dict[str, float]:
     detections = [tools.detector(f) for f in frames]
     times["detect + landmarks"] = time.perf_counter() - start
     tube, box = face_tube(detections, frames.shape[1], frames.shape[2], options)
-    landmarks = [tube.faces[t].landmarks for t in sorted(tube.faces)]
-    landmarks = torch.from_numpy(to_crop_pixels(np.stack(landmarks), box, options.crop_size))
+    landmarks = landmarks_for_tube(frames, tube, tools.detector)
+    landmarks = torch.from_numpy(to_crop_pixels(landmarks, box, options.crop_size))
     start = time.perf_counter()
     fit = face3d.fit_landmarks(tools.model, tools.camera, landmarks, **options.fit)
     times["fit 3DMM"] = time.perf_counter() - start
+    crops = crop_frames(frames[tube.start : tube.end], box, options.crop_size)
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+    renderer = face3d.FaceRenderer(tools.model, tools.camera)
     start = time.perf_counter()
-    render_faces(tools.model, tools.camera, fit.coeffs, options.render_batch)
-    times["render I_3D"] = time.perf_counter() - start
+    appearance = face3d.fit_appearance(
+        tools.model, tools.camera, fit.coeffs, images, renderer=renderer, **options.appearance
+    )
+    times["appearance fit (rasterises once)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    appearance.render(renderer)
+    times["shade I_3D"] = time.perf_counter() - start
     return {k: v / len(landmarks) for k, v in times.items()}
 
 

@@ -1,7 +1,8 @@
-"""A per-rank record of which samples every training step saw.
+"""A per-rank record of which samples every training and validation step saw.
 
 For auditing data pipelines: that DDP ranks and nodes see disjoint samples, that a resumed run picks
-up exactly where it stopped. Off by default (`callbacks=ledger` or `+callbacks.sample_ledger=...`).
+up exactly where it stopped, that validation scores every example once whatever the number of ranks.
+Off by default (`callbacks=ledger` or `+callbacks.sample_ledger=...`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ def sample_keys(batch: Any) -> list[str]:
 
 
 class SampleLedger(L.Callback):
-    """Appends `{"step", "epoch", "rank", "samples"}` per training batch to `<dirpath>/rank<r>.jsonl`."""
+    """Appends `{"step", "epoch", "rank", "samples"}` per training batch to `<dirpath>/rank<r>.jsonl`, and
+    per validation batch (sanity check excluded) to `<dirpath>/val_rank<r>.jsonl`."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def _write(self, trainer: L.Trainer, batch: Any, prefix: str) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         record = {
             "step": trainer.global_step,
@@ -41,5 +41,22 @@ class SampleLedger(L.Callback):
             "rank": trainer.global_rank,
             "samples": sample_keys(batch),
         }
-        with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as handle:
+        with open(self.dirpath / f"{prefix}rank{trainer.global_rank}.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._write(trainer, batch, "")
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, batch, "val_")

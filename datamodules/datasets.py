@@ -280,6 +280,16 @@ def mfcc_windows(mfcc: np.ndarray, frames: np.ndarray, width: int) -> np.ndarray
     return np.ascontiguousarray(windows.transpose(0, 2, 1)[:, None])
 
 
+def window_starts(num_frames: int, length: int | None) -> list[int]:
+    """Starts of consecutive windows of `length` frames covering a clip, the last one ending at its end
+    (None: one window, the whole clip): how evaluation tiles a clip."""
+    length = length or num_frames
+    starts = list(range(0, max(num_frames - length, 0) + 1, length))
+    if starts[-1] + length < num_frames:
+        starts.append(num_frames - length)
+    return starts
+
+
 class WindowDataset(ClipDataset):
     """`view: window`: T consecutive frames of a clip (the window start is drawn per training example;
     `window_frames: None` takes the whole clip).
@@ -288,11 +298,7 @@ class WindowDataset(ClipDataset):
     Evaluation tiles each clip with consecutive windows, the last one ending at the clip's end."""
 
     def positions(self, num_frames: int) -> list[int]:
-        length = self.options.window_frames or num_frames
-        starts = list(range(0, max(num_frames - length, 0) + 1, length))
-        if starts[-1] + length < num_frames:
-            starts.append(num_frames - length)
-        return starts
+        return window_starts(num_frames, self.options.window_frames)
 
     def make_example(
         self, clip: dict[str, Any], rng: np.random.Generator, position: int | None

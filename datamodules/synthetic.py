@@ -1,7 +1,9 @@
 """The embedded synthetic talking-head corpus (METHOD.md §1.4 stand-in for VoxCeleb2 on machines without it).
 
 Each identity is a random draw of the procedural morphable model (identity, texture tint, SH lighting,
-placement) in front of its own smooth random background. Each clip has speech-like audio (by default
+placement) in front of its own smooth random background, with appearance no fitted 3D face carries
+(skin marks and pores, a specular highlight, teeth gaps: `DetailParams`), which a renderer must take
+from the references. Each clip has speech-like audio (by default
 the built-in `audio.synthesize_speech`, the same on every machine; espeak-ng's speech with
 `audio_source: espeak`); the mouth follows the audio deterministically:
 per video frame, loudness opens the jaw, low-frequency (vowel) energy rounds the lips, high-frequency
@@ -32,7 +34,6 @@ import numpy as np
 import torch
 
 from datamodules import audio as audio_lib
-from datamodules.preprocess.render import render_faces
 from datamodules.preprocess.video import write_mp4
 from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences, write_recipe
 
@@ -147,6 +148,110 @@ def identity_params(model, rng: np.random.Generator, motion: MotionParams) -> di
     }
 
 
+@dataclass(frozen=True)
+class DetailParams:
+    """Appearance a fitted 3D face cannot carry, so that a renderer has to take it from the references
+    (conf/data/synthetic.yaml `details`; ranges are drawn per identity): skin marks painted on the face
+    (freckles and moles, smaller than the mesh's ~3 px vertex spacing), fine pore noise, a Blinn-Phong
+    specular highlight that moves with the pose (the fit is Lambertian), and gaps between the teeth of
+    the mouth's inside. Lengths in model units (the face is ~1.2 wide)."""
+
+    freckles: tuple[int, int] = (20, 60)
+    freckle_radius: tuple[float, float] = (0.01, 0.018)
+    freckle_darkness: tuple[float, float] = (0.08, 0.2)
+    moles: tuple[int, int] = (0, 2)
+    mole_radius: tuple[float, float] = (0.018, 0.028)
+    mole_darkness: float = 0.35
+    pore_amplitude: float = 0.04
+    pore_wavelength: tuple[float, float] = (0.02, 0.04)
+    specular_strength: tuple[float, float] = (0.08, 0.2)
+    shininess: tuple[float, float] = (25.0, 60.0)
+    teeth_period: float = 0.045
+    teeth_gap_darkness: float = 0.6
+
+
+def identity_details(model, rng: np.random.Generator, params: DetailParams) -> dict[str, np.ndarray]:
+    """One speaker's marks, pores, highlight and teeth, drawn once (the same in all their clips)."""
+    face = ~model.mouth_cavity.cpu().numpy()
+    canonical = model.mean_shape[:, :2].cpu().numpy()[face]
+
+    def spots(count: tuple[int, int], radius: tuple[float, float], darkness) -> np.ndarray:
+        n = int(rng.integers(count[0], count[1] + 1))
+        centres = canonical[rng.integers(len(canonical), size=n)]
+        dark = rng.uniform(*darkness, n) if np.ndim(darkness) else np.full(n, darkness)
+        return np.c_[centres, rng.uniform(*radius, n), dark].astype(np.float32)
+
+    pores = 8
+    light = np.array([rng.uniform(-0.6, 0.6), rng.uniform(0.2, 0.8), 1.0])
+    return {
+        "spots": np.concatenate(
+            [
+                spots(params.freckles, params.freckle_radius, params.freckle_darkness),
+                spots(params.moles, params.mole_radius, params.mole_darkness),
+            ]
+        ),
+        "pore_waves": np.c_[
+            rng.normal(size=(pores, 2)) / np.linalg.norm(rng.normal(size=(pores, 2)), axis=1, keepdims=True),
+            2 * np.pi / rng.uniform(*params.pore_wavelength, pores),
+            rng.uniform(0, 2 * np.pi, pores),
+        ].astype(np.float32),
+        "light": (light / np.linalg.norm(light)).astype(np.float32),
+        "specular": np.array(
+            [rng.uniform(*params.specular_strength), rng.uniform(*params.shininess)], dtype=np.float32
+        ),
+        "teeth_phase": np.float32(rng.uniform()),
+    }
+
+
+@torch.no_grad()
+def render_detailed(
+    model, camera, coeffs: torch.Tensor, details: dict[str, np.ndarray], params: DetailParams, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames of the morphable model as `face3d.FaceRenderer` draws them (per-vertex Lambertian SH
+    colour), times the identity's detail albedo at each pixel's point of the canonical face, plus its
+    specular highlight: (T, S, S, 3) images in [0, 1] and (T, S, S, 1) masks."""
+    import face3d
+
+    renderer = face3d.FaceRenderer(model, camera)
+    canonical = model.mean_shape[:, :2]
+    cavity = model.mouth_cavity.float()[:, None]
+    spots = torch.from_numpy(details["spots"])
+    waves = torch.from_numpy(details["pore_waves"])
+    light = torch.from_numpy(details["light"])
+    strength, shininess = (float(v) for v in details["specular"])
+    eye = torch.tensor([0.0, 0.0, camera.distance])
+    images, masks = [], []
+    for chunk in torch.split(coeffs, batch):
+        out = model(chunk)
+        vertices, normals = model.posed_geometry(chunk)
+        fragments = renderer.rasterize(out["vertices"])
+        n = len(chunk)
+        attributes = torch.cat(
+            [out["color"], canonical.expand(n, -1, -1), vertices, normals, cavity.expand(n, -1, -1)], dim=-1
+        )
+        pixel = renderer.interpolate(fragments, attributes)  # (n, S, S, 12)
+        colour, uv, position, normal, inside = pixel.split([3, 2, 3, 3, 1], dim=-1)
+        # Marks: dark Gaussian spots; pores: a sum of fine plane waves.
+        distance2 = ((uv[..., None, :] - spots[:, :2]) ** 2).sum(-1)
+        marks = (spots[:, 3] * torch.exp(-distance2 / (2 * spots[:, 2] ** 2))).sum(-1, keepdim=True)
+        phase = (uv @ waves[:, :2].T) * waves[:, 2] + waves[:, 3]
+        pores = params.pore_amplitude * torch.sin(phase).mean(-1, keepdim=True) * 2
+        skin = (1 - marks.clamp(max=0.9)) * (1 + pores)
+        # Teeth: dark gaps every `teeth_period` across the mouth's inside.
+        cycle = torch.frac(uv[..., :1] / params.teeth_period + float(details["teeth_phase"])) - 0.5
+        teeth = 1 - params.teeth_gap_darkness * torch.exp(-(cycle**2) / (2 * 0.08**2))
+        albedo = (1 - inside) * skin + inside * teeth
+        # Blinn-Phong highlight on the skin: half vector of the light and the view direction.
+        normal = torch.nn.functional.normalize(normal, dim=-1)
+        view = torch.nn.functional.normalize(eye - position, dim=-1)
+        half = torch.nn.functional.normalize(view + light, dim=-1)
+        highlight = strength * (normal * half).sum(-1, keepdim=True).clamp(min=0) ** shininess * (1 - inside)
+        mask = (fragments[0][..., :1] >= 0).float()
+        images.append(((colour * albedo + highlight).clamp(0, 1) * mask).numpy())
+        masks.append(mask.numpy())
+    return np.concatenate(images), np.concatenate(masks)
+
+
 def split_identities(identities: list[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
     """identity -> split; val and test get at least one identity each when there are three or more."""
     order = np.random.default_rng(seed).permutation(len(identities))
@@ -189,6 +294,8 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     id_rng = np.random.default_rng([seed, job.identity_index])
     person = identity_params(model, id_rng, motion)
     background = random_background(size, id_rng)
+    detail_params = DetailParams(**settings["details"])
+    details = identity_details(model, id_rng, detail_params)
     clip_rng = np.random.default_rng([seed, job.identity_index, job.clip_index, 1])
     audio_seed = int(clip_rng.integers(2**31))
     wave = audio_lib.speech(num_frames / audio_lib.VIDEO_FPS, audio_seed, settings["audio_source"])
@@ -214,7 +321,7 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     )
     with torch.no_grad():
         landmarks = model.landmarks_2d(coeffs, camera).numpy()
-        image, mask = render_faces(model, camera, coeffs, settings["render_batch"])
+        image, mask = render_detailed(model, camera, coeffs, details, detail_params, settings["render_batch"])
         video = (image * mask + background * (1 - mask)) * 255
     video = video.round().astype(np.uint8)
     path = Path(job.path)
@@ -237,8 +344,8 @@ def clip_path(root: Path, identity: str, clip_index: int) -> Path:
 
 
 # Bumped whenever the generator's code changes what it writes (2: speech with closures, gaps and
-# pauses, normalised by loudness).
-SYNTHETIC_VERSION = 2
+# pauses, normalised by loudness; 3: skin marks, pores, specular highlights and teeth gaps).
+SYNTHETIC_VERSION = 3
 
 
 def corpus_recipe(
@@ -253,6 +360,7 @@ def corpus_recipe(
     camera: Mapping[str, float] | None,
     motion: Mapping[str, Any] | None,
     crf: int,
+    details: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """What the corpus is made of: every generator setting that changes its files (not where they go or
@@ -270,6 +378,7 @@ def corpus_recipe(
         "audio_source": audio_source,
         "camera": dict(camera or {}),
         "motion": {**asdict(MotionParams()), **dict(motion or {})},
+        "details": {**asdict(DetailParams()), **dict(details or {})},
         "crf": crf,
     }
 
@@ -286,6 +395,7 @@ def generate_synthetic_corpus(
     audio_source: str = "builtin",
     camera: Mapping[str, float] | None = None,
     motion: Mapping[str, Any] | None = None,
+    details: Mapping[str, Any] | None = None,
     render_batch: int = 25,
     crf: int = 18,
     num_workers: int = 0,
@@ -316,6 +426,7 @@ def generate_synthetic_corpus(
         camera,
         motion,
         crf,
+        details,
     )
     recorded = read_recipe(root)
     if (root / "mp4").exists() and (recorded is None or recipe_differences(recorded, recipe)):
@@ -347,6 +458,7 @@ def generate_synthetic_corpus(
         "image_size": image_size,
         "audio_source": audio_source,
         "motion": dict(motion or {}),
+        "details": dict(details or {}),
         "render_batch": render_batch,
         "crf": crf,
     }

@@ -77,6 +77,7 @@ class MorphableModel(nn.Module):
         point_buf: np.ndarray,
         keypoints: np.ndarray,
         name: str = "morphable model",
+        mouth_cavity: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         n = mean_shape.shape[0]
@@ -97,7 +98,6 @@ class MorphableModel(nn.Module):
         self.camera = PerspectiveCamera()
         self.fitting: dict[str, Any] = {}
         self.appearance: dict[str, Any] = {}
-        self.regressor_checkpoint: str | os.PathLike | None = None
         f32 = torch.float32
         self.register_buffer("mean_shape", torch.as_tensor(mean_shape, dtype=f32))
         self.register_buffer("id_base", torch.as_tensor(id_base, dtype=f32))
@@ -107,6 +107,12 @@ class MorphableModel(nn.Module):
         self.register_buffer("faces", torch.as_tensor(faces, dtype=torch.int64))
         self.register_buffer("point_buf", torch.as_tensor(point_buf, dtype=torch.int64))
         self.register_buffer("keypoints", torch.as_tensor(keypoints, dtype=torch.int64))
+        # Vertices of the mouth's inside (teeth, cavity), seen only when the lips part; all False for a
+        # model without one (BFM).
+        cavity = np.zeros(n, dtype=bool) if mouth_cavity is None else np.asarray(mouth_cavity, dtype=bool)
+        if cavity.shape != (n,):
+            raise ValueError(f"{name}: mouth_cavity has shape {cavity.shape}, expected ({n},)")
+        self.register_buffer("mouth_cavity", torch.as_tensor(cavity))
         self.register_buffer("default_light", torch.tensor(DEFAULT_LIGHT, dtype=f32))
         # The landmark vertices' rows, gathered once: fitting and stage 1's shape loss use only these.
         rows = (3 * self.keypoints[:, None] + torch.arange(3)).reshape(-1)
@@ -294,7 +300,6 @@ def build_face_model(
     camera: Mapping[str, Any] | None = None,
     fitting: Mapping[str, Any] | None = None,
     appearance: Mapping[str, Any] | None = None,
-    regressor_checkpoint: str | os.PathLike | None = None,
 ) -> MorphableModel:
     """The face model: `procedural` (ships with the suite) or `bfm` (Deep3DFaceRecon's BFM_model_front.mat).
 
@@ -302,9 +307,7 @@ def build_face_model(
     `camera` (PerspectiveCamera arguments), `fitting` (fit_landmarks keyword arguments) and `appearance`
     (fit_appearance keyword arguments) are the config group's other keys; they are kept on the model as
     `model.camera`, `model.fitting` and `model.appearance` so that
-    `hydra.utils.instantiate(cfg.face_model)` gives everything a caller needs. `regressor_checkpoint`
-    (kept as `model.regressor_checkpoint`) is an optional Deep3DFaceRecon checkpoint for
-    `face3d.regressor.CoeffRegressor.from_checkpoint`, an alternative to landmark fitting.
+    `hydra.utils.instantiate(cfg.face_model)` gives everything a caller needs.
     """
     if source == "procedural":
         from face3d.procedural import load_procedural_arrays
@@ -324,7 +327,6 @@ def build_face_model(
     model.camera = PerspectiveCamera(**dict(camera or {}))
     model.fitting = dict(fitting or {})
     model.appearance = dict(appearance or {})
-    model.regressor_checkpoint = regressor_checkpoint
     return model
 
 
@@ -346,4 +348,5 @@ def _from_arrays(arrays: dict[str, np.ndarray], name: str) -> MorphableModel:
         point_buf=point_buf.astype(np.int64),
         keypoints=arrays["keypoints"].reshape(-1).astype(np.int64),
         name=name,
+        mouth_cavity=arrays.get("mouth_cavity"),
     )

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.spatial import Delaunay
 from skimage.measure import points_in_poly
 
-PROCEDURAL_VERSION = 1
+PROCEDURAL_VERSION = 2  # 2: the mouth_cavity flags
 TEETH_HEIGHT = 0.06  # the band of upper teeth behind the lips, model units
 INTEROCULAR = 0.62  # distance between the eye centres in model units (decimetres, as BFM)
 
@@ -349,6 +349,7 @@ def generate_procedural_arrays(num_vertices: int = 1000, seed: int = 0) -> dict[
         "texBase": tex_base.reshape(3 * n, 80).astype(np.float32),
         "tri": faces.astype(np.int64),
         "keypoints": np.arange(68, dtype=np.int64),
+        "mouth_cavity": np.arange(n) >= n_face,
     }
 
 

@@ -105,16 +105,22 @@ class FaceRenderer(nn.Module):
         global_ids = global_ids[:, 0] * num_faces + global_ids[:, 1]
         return torch.where(pix_to_face >= 0, global_ids[pix_to_face.clamp(min=0)], pix_to_face), zbuf, bary
 
+    def interpolate(self, fragments: tuple[torch.Tensor, ...], attributes: torch.Tensor) -> torch.Tensor:
+        """Per-vertex attributes (B, N, D) -> per-pixel (B, H, W, D), interpolated with the fragments'
+        perspective-correct barycentrics (0 off the mesh)."""
+        pix_to_face, _, bary = fragments[:3]
+        batch, faces = attributes.shape[0], self.model.faces
+        face_attributes = attributes[:, faces].reshape(batch * faces.shape[0], 3, attributes.shape[-1])
+        return interpolate_face_attributes(pix_to_face, bary, face_attributes)[..., 0, :]
+
     def shade(self, fragments: tuple[torch.Tensor, ...], color: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fragments of `rasterize` + per-vertex colours (B, N, 3) -> dict(image, mask, depth).
 
         Shading is cheap next to rasterising on CPU, so a caller that rasterised once (the appearance
         fit) renders any number of colourings of the same geometry with this.
         """
-        pix_to_face, zbuf, bary = fragments[:3]
-        batch, faces = color.shape[0], self.model.faces
-        face_colors = color[:, faces].reshape(batch * faces.shape[0], 3, 3)  # packed faces
-        color = interpolate_face_attributes(pix_to_face, bary, face_colors)[..., 0, :]  # (B, H, W, 3)
+        pix_to_face, zbuf = fragments[:2]
+        color = self.interpolate(fragments, color)  # (B, H, W, 3)
         mask = (pix_to_face[..., :1] >= 0).to(color.dtype)
         image = color.clamp(0.0, 1.0) * mask + self.background * (1.0 - mask)
         return {

@@ -158,28 +158,37 @@ class CorrespondenceLoss(torch.nn.Module):
 
 
 def contrastive_sync_loss(
-    face: Tensor, audio: Tensor, starts: Tensor, min_offset: int, logit_scale: Tensor | float
+    face: Tensor,
+    audio: Tensor,
+    starts: Tensor,
+    min_offset: int,
+    logit_scale: Tensor | float,
+    other_clips: bool = False,
 ) -> Tensor:
-    """InfoNCE (van den Oord et al. 2018) of each face window against the audio windows of its batch,
-    on cosine similarities times a logit scale as in CLIP (Radford et al. 2021): the multi-way matching
-    of Chung et al.'s "Perfect match" (2019) in place of Wav2Lip's one pair at a time.
+    """InfoNCE (van den Oord et al. 2018) of face windows against audio windows, on cosine similarities
+    times a logit scale as in CLIP (Radford et al. 2021): the multi-way matching of Chung et al.'s
+    "Perfect match" (2019) in place of Wav2Lip's one pair at a time.
 
-    face (B, D): the embedding of one face window per clip, starting at frame `starts` (B,); audio
-    (B, T, D): the embeddings of the mel windows starting at every frame of each clip. The positive of
-    face b is audio[b, starts[b]]; its negatives are every audio window of the other clips (other
-    speakers here) and those of its own clip at >= `min_offset` frames (the same voice, so only the
-    lips tell them apart); the windows of its own clip in between overlap the positive too much to
-    call either, and are left out. Cross-entropy over the candidates, mean over the batch."""
-    batch, length = audio.shape[:2]
-    if face.shape != (batch, audio.shape[2]) or starts.shape != (batch,):
+    face (B, K, D): K face windows of each of B clips, starting at frames `starts` (B, K); audio
+    (B, T, D): the mel windows starting at every frame of each clip. The positive of face (b, k) is
+    audio[b, starts[b, k]]; its negatives are the windows of its own clip at >= `min_offset` frames
+    (the same voice and face, so only the lips tell them apart) and, with `other_clips`, every window
+    of the other clips too (as CLIP's batch negatives; other speakers here, told apart by voice and
+    face alone). The windows in between overlap the positive too much to call either, and are left
+    out. Cross-entropy over the candidates, mean over the face windows."""
+    batch, length, dim = audio.shape
+    if face.dim() != 3 or face.shape[0] != batch or face.shape[2] != dim or starts.shape != face.shape[:2]:
         raise ValueError(
             f"face {tuple(face.shape)}, audio {tuple(audio.shape)} and starts {tuple(starts.shape)} "
-            "must be (B, D), (B, T, D) and (B,)"
+            "must be (B, K, D), (B, T, D) and (B, K)"
         )
-    logits = logit_scale * face @ audio.flatten(0, 1).T  # (B, B T): face b against audio (b', j)
-    offset = (torch.arange(length, device=audio.device)[None, :] - starts[:, None]).abs()  # (B, T)
-    own_clip = torch.eye(batch, dtype=torch.bool, device=audio.device)[:, :, None]  # (B, B, 1)
-    too_close = own_clip & ((offset > 0) & (offset < min_offset))[:, None, :]  # (B, B, T)
-    logits = logits.masked_fill(too_close.flatten(1), float("-inf"))
-    target = torch.arange(batch, device=audio.device) * length + starts
+    logits = logit_scale * torch.einsum("bkd,cjd->bkcj", face, audio)  # face (b, k) vs audio (c, j)
+    frames = torch.arange(length, device=audio.device)
+    offset = (frames - starts[..., None]).abs()  # (B, K, T)
+    own_clip = torch.eye(batch, dtype=torch.bool, device=audio.device)[:, None, :, None]  # (B, 1, B, 1)
+    excluded = own_clip & ((offset > 0) & (offset < min_offset))[:, :, None, :]  # (B, K, B, T)
+    if not other_clips:
+        excluded = excluded | ~own_clip
+    logits = logits.masked_fill(excluded, float("-inf")).flatten(2).flatten(0, 1)  # (B K, B T)
+    target = (torch.arange(batch, device=audio.device)[:, None] * length + starts).flatten()
     return F.cross_entropy(logits, target)

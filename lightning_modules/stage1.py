@@ -17,7 +17,7 @@ Validation logs, besides the losses:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -26,6 +26,7 @@ from torch import nn
 
 import face3d
 from face3d import expression_of, with_expression
+from lightning_modules.checkpointing import LearnedStateOnly
 from lightning_modules.losses import expression_l1, landmark_l1
 from lightning_modules.metrics import (
     MOUTH_LANDMARKS,
@@ -36,7 +37,7 @@ from lightning_modules.metrics import (
 from lightning_modules.networks.syncnet import load_syncnet
 
 
-class AudioToExpressionModule(L.LightningModule):
+class AudioToExpressionModule(LearnedStateOnly, L.LightningModule):
     """Trains an `AudioToExpressionNet` (or any net with `forward(mfcc, semantic) -> (B, T, 64)`) on
     `view: window` batches. The face model (with its camera) and the optional SyncNet are frozen
     helpers: they are left out of checkpoints and restored from the configuration on load."""
@@ -228,18 +229,3 @@ class AudioToExpressionModule(L.LightningModule):
                 "frequency": 1,
             },
         }
-
-    # --- checkpoints: learned state only -------------------------------------------------------------
-
-    def _frozen_state(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for key, value in self.state_dict().items():
-            if key.startswith(self.frozen_prefixes):
-                yield key, value
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
-            del state[key]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"].update(dict(self._frozen_state()))

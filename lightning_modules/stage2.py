@@ -32,21 +32,23 @@ def phase_epsilon(phases: Sequence[dict[str, float]], step: int) -> float:
 
 
 class RendererStage2(RendererModule):
-    """`experiment=stage2`: trains `flow_net` (SFM), `texture_net` (TMN) and `inpainting_net` (RBFIN; a
-    partial that gets TMN's texture channels) against the critic."""
+    """`experiment=stage2`: trains `flow_net` (SFM), `texture_net` (TMN; None to ablate it) and
+    `inpainting_net` (RBFIN; a partial that gets TMN's texture channels) against the critic."""
 
     def __init__(
         self,
         flow_net: FlowNet,
-        texture_net: TextureNet,
+        texture_net: TextureNet | None,
         inpainting_net: Callable[..., InpaintingNet],
         phases: Sequence[dict[str, float]],
         **base: Any,
     ) -> None:
         super().__init__(**base)
         self.flow_net = flow_net
+        # None: Table 4's "without TMN" (I_e* is I_warp itself, and RBFIN has no texture features to fuse).
         self.texture_net = texture_net
-        self.inpainting_net = inpainting_net(texture_channels=texture_net.texture_channels())
+        channels = texture_net.texture_channels() if texture_net is not None else {}
+        self.inpainting_net = inpainting_net(texture_channels=channels)
         self.phases = [dict(phase) for phase in phases]
         phase_epsilon(self.phases, 0)  # validates
 
@@ -55,11 +57,18 @@ class RendererStage2(RendererModule):
         return phase_epsilon(self.phases, int(self.generator_steps))
 
     def trained_networks(self) -> list[nn.Module]:
-        return [self.flow_net, self.texture_net, self.inpainting_net]
+        return [net for net in (self.flow_net, self.texture_net, self.inpainting_net) if net is not None]
 
     def generate(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         warp = warp_references(self.flow_net, batch["render3d"], batch["references"])
-        texture = self.texture_net(warp["warped"], batch["render3d"])
+        if self.texture_net is not None:
+            texture = self.texture_net(warp["warped"], batch["render3d"])
+        else:
+            texture = {
+                "image": warp["warped"],
+                "alpha": torch.zeros_like(warp["warped"][:, :1]),
+                "texture": {},
+            }
         out = {
             "warped": warp["warped"],
             "flows": warp["flows"],
@@ -70,7 +79,7 @@ class RendererStage2(RendererModule):
         }
         if self.epsilon > 0 or not self.training:
             inpainted = self.inpainting_net(
-                warp["warped"], batch["render3d"], batch["masked"], texture["texture"]
+                warp["warped"], batch["render3d"], batch["masked"], texture["texture"], batch["mouth_mask"]
             )
             out.update(inpainted=inpainted["image"], inpainting_alpha=inpainted["alpha"])
         out["output"] = out["inpainted"] if self.epsilon > 0 else out["texture_output"]

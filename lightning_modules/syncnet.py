@@ -31,6 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
@@ -44,9 +45,29 @@ OBJECTIVES = ("bce", "contrastive")
 
 
 def _window_stack(frames: Tensor, starts: Tensor) -> Tensor:
-    """(B, T, 3, H, W) frames and (B,) window starts -> (B, 5, 3, H, W)."""
-    steps = starts[:, None] + torch.arange(SYNC_FRAMES, device=frames.device)
-    return frames[torch.arange(frames.shape[0], device=frames.device)[:, None], steps]
+    """(B, T, 3, H, W) frames and (B, ...) window starts -> (B, ..., 5, 3, H, W)."""
+    steps = starts[..., None] + torch.arange(SYNC_FRAMES, device=frames.device)
+    rows = torch.arange(frames.shape[0], device=frames.device).view(-1, *[1] * (steps.dim() - 1))
+    return frames[rows, steps]
+
+
+def _jitter_geometry(windows: Tensor, flip: float, shift: float, scale: float) -> Tensor:
+    """(N, 5, 3, H, W) face windows, each mirrored with probability `flip`, shifted by up to `shift`
+    of the side and zoomed by up to +-`scale`, alike over its five frames (bilinear, edges repeated):
+    the expert must then read the lips wherever they sit in the crop, not a speaker's face."""
+    n = windows.shape[0]
+    device = windows.device
+    mirror = torch.where(torch.rand(n, device=device) < flip, -1.0, 1.0)
+    zoom = 1.0 + (2 * torch.rand(n, device=device) - 1) * scale
+    offset = (2 * torch.rand(n, 2, device=device) - 1) * 2 * shift  # affine_grid spans [-1, 1]
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = mirror / zoom
+    theta[:, 1, 1] = 1.0 / zoom
+    theta[:, :, 2] = offset
+    images = windows.flatten(1, 2)  # (N, 15, H, W): one warp for the five frames
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warped.view_as(windows)
 
 
 class SyncNetModule(L.LightningModule):
@@ -63,6 +84,11 @@ class SyncNetModule(L.LightningModule):
         temperature: float = 0.07,
         learn_temperature: bool = True,
         max_logit_scale: float = 100.0,
+        other_clips: bool = False,
+        faces_per_clip: int = 1,
+        flip_probability: float = 0.0,
+        max_shift: float = 0.0,
+        max_scale: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
@@ -82,6 +108,9 @@ class SyncNetModule(L.LightningModule):
         self.max_eval_offset = max_eval_offset
         self.objective = objective
         self.max_logit_scale = max_logit_scale
+        self.other_clips = other_clips
+        self.faces_per_clip = faces_per_clip
+        self.jitter = (flip_probability, max_shift, max_scale)
         if objective == "contrastive":
             # log(1 / temperature), learnt as in CLIP (or fixed); outside `syncnet.`, so load_syncnet
             # and the official key names never see it.
@@ -120,10 +149,10 @@ class SyncNetModule(L.LightningModule):
                 "set data.batch_size >= 2"
             )
         device = frames.device
-        starts = torch.randint(0, length - SYNC_FRAMES + 1, (batch_size,), device=device)
-        faces = face_window(_window_stack(frames, starts))
         if self.objective == "contrastive":
-            return self._contrastive_step(faces, mel, starts)
+            return self._contrastive_step(frames, mel)
+        starts = torch.randint(0, length - SYNC_FRAMES + 1, (batch_size,), device=device)
+        faces = face_window(self._train_windows(frames, starts))
         # An off-sync mel start j with |j - s| >= min_offset, drawn uniformly among the admissible ones.
         candidates = torch.arange(length, device=device)
         admissible = (candidates[None, :] - starts[:, None]).abs() >= self.min_offset  # (B, T)
@@ -138,19 +167,32 @@ class SyncNetModule(L.LightningModule):
         self.log("train/acc", accuracy, batch_size=batch_size)
         return loss
 
-    def _contrastive_step(self, faces: Tensor, mel: Tensor, starts: Tensor) -> Tensor:
-        """InfoNCE of each clip's face window against every mel window of the batch (module docstring);
-        logs the loss, how often the in-sync window scores highest of its clip's admissible ones
-        (`train/top1`) and the logit scale."""
+    def _train_windows(self, frames: Tensor, starts: Tensor) -> Tensor:
+        """The face windows at `starts` (B, ...), geometrically jittered when configured."""
+        windows = _window_stack(frames, starts).flatten(0, starts.dim() - 1)
+        return _jitter_geometry(windows, *self.jitter) if any(self.jitter) else windows
+
+    def _contrastive_step(self, frames: Tensor, mel: Tensor) -> Tensor:
+        """InfoNCE of `faces_per_clip` face windows of each clip (distinct starts) against the mel
+        windows of the batch (module docstring); logs the loss, how often the in-sync window scores
+        highest of its clip's admissible ones (`train/top1`) and the logit scale."""
         batch_size, length = mel.shape[:2]
+        windows = length - SYNC_FRAMES + 1
+        if not 1 <= self.faces_per_clip <= windows:
+            raise ValueError(f"faces_per_clip must lie in [1, {windows}], got {self.faces_per_clip}")
+        starts = torch.rand(batch_size, windows, device=mel.device).argsort(dim=1)[:, : self.faces_per_clip]
+        faces = face_window(self._train_windows(frames, starts))
         audio, face = self.syncnet(mel.flatten(0, 1), faces)
         audio = audio.view(batch_size, length, -1)
-        loss = contrastive_sync_loss(face, audio, starts, self.min_offset, self.logit_scale())
+        face = face.view(batch_size, self.faces_per_clip, -1)
+        loss = contrastive_sync_loss(
+            face, audio, starts, self.min_offset, self.logit_scale(), self.other_clips
+        )
         with torch.no_grad():
-            own = (audio @ face[:, :, None]).squeeze(2)  # (B, T)
-            offset = (torch.arange(length, device=mel.device)[None, :] - starts[:, None]).abs()
+            own = face @ audio.transpose(1, 2)  # (B, K, T)
+            offset = (torch.arange(length, device=mel.device) - starts[..., None]).abs()
             own = own.masked_fill((offset > 0) & (offset < self.min_offset), float("-inf"))
-            top1 = (own.argmax(dim=1) == starts).float().mean()
+            top1 = (own.argmax(dim=2) == starts).float().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/top1", top1, batch_size=batch_size)
         self.log("train/logit_scale", self.logit_scale().detach(), batch_size=batch_size)

@@ -95,7 +95,7 @@ def _free_requeue_signal(signum: signal.Signals) -> None:
     at all at a time limit with max_num_timeout 0): reset it so that Lightning's goes in."""
     previous = signal.getsignal(signum)
     if previous not in (signal.SIG_DFL, None):
-        log.info("%s: replacing the handler %r with Lightning's requeue handler", signum.name, previous)
+        log.info("%s: dropping the handler %r, Lightning installs its own at fit", signum.name, previous)
         signal.signal(signum, signal.SIG_DFL)
 
 

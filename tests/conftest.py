@@ -2,21 +2,23 @@
 
 `tiny_corpus` (session scope): a tiny synthetic corpus (4 identities x 1 clip x 30 frames at 160 px,
 splits 2 train / 1 val / 1 test by identity) generated and preprocessed into shards once per test
-session, in a temporary directory. It goes through the real pipeline: PyTorch3D renders, H.264/AAC
-mp4 files, decord decoding, dlib detection, FOMM-style cropping, 3DMM fitting, I_3D rendering, the
-shard writer, and the Wav2Lip teacher's semantic images (a randomly initialised generator in the
-official file layout: the real loading and inference path, with weights no test can download). Fields:
+session, in a temporary data dir, by the datamodule's `prepare_data` with `TINY_OVERRIDES`. It goes
+through the real pipeline: PyTorch3D renders, H.264/AAC mp4 files, PyAV decoding, dlib detection,
+FOMM-style cropping, 3DMM and appearance fitting, I_3D rendering, the shard writer, and the Wav2Lip
+teacher's semantic images (a randomly initialised generator in the official file layout: the real
+loading and inference path, with weights no test can download). Fields:
+    tiny_corpus.data_dir   the data dir (paths.data_dir) holding synthetic/{raw,work,shards}
     tiny_corpus.raw_dir    the synthetic corpus (mp4/idXXXXX/<video>/00001.mp4 + 00001.npz ground truth)
     tiny_corpus.shard_dir  shard_dir/{train,val,test} litdata datasets + shard_dir/manifest.jsonl
     tiny_corpus.work_dir   per-clip results of the preprocessing run
-    tiny_corpus.summary    what `run_preprocessing` returned
     tiny_corpus.settings   the PreprocessSettings used (a dataclass; `dataclasses.replace` it for variants)
-For a config-driven test, the `corpus_args` fixture gives the overrides (`data.shard_dir=...`).
+For a config-driven test, the `corpus_args` fixture gives the overrides (`paths.data_dir=...` and
+`TINY_OVERRIDES`).
 
 `default_corpus` (session scope): the default synthetic corpus of conf/data/synthetic.yaml (16 speakers:
-10 train / 4 val / 2 test, one 2-s clip each), built by the datamodule's `prepare_data` exactly as
+10 train / 4 val / 2 test, one 3-s clip each), built by the datamodule's `prepare_data` exactly as
 `make demo` builds it, in a temporary data dir: the corpus the learning tests train and validate on
-(about a minute to build). Its value is the shard dir.
+(about a minute to build). Its value is the data dir (`paths.data_dir=...`).
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ TINY_FIT = {"rigid_steps": 30, "steps": 100}
 
 @dataclass(frozen=True)
 class TinyCorpus:
+    data_dir: Path
     raw_dir: Path
     shard_dir: Path
     work_dir: Path
-    summary: dict[str, Any]
     settings: Any
 
 
@@ -90,29 +92,50 @@ def tiny_settings(
     return settings_from_config(cfg.data)
 
 
+# The tiny corpus is the synthetic corpus at these settings: the overrides that make it, and that every
+# config pointed at it repeats (its recipe then matches, so the datamodule uses it as it is).
+TINY_OVERRIDES = [
+    *(f"data.synthetic.{key}={value}" for key, value in TINY_CORPUS.items()),
+    f"data.preprocess.clip.crop_size={TINY_CROP}",
+    "data.preprocess.clip.min_frames=20",
+    *(f"face_model.fitting.{key}={value}" for key, value in TINY_FIT.items()),
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> TinyCorpus:
-    from datamodules.preprocess import run_preprocessing
-    from datamodules.synthetic import generate_synthetic_corpus
+    import hydra
+
+    from datamodules.preprocess import settings_from_config
+    from tests.helpers import compose_config
 
     root = tmp_path_factory.mktemp("tiny_corpus")
-    raw, shards, work = root / "raw", root / "shards", root / "work"
-    generate_synthetic_corpus(raw, face_model={}, **TINY_CORPUS)
     teacher = random_teacher_checkpoint(root / "wav2lip.pth")
-    settings = tiny_settings(raw, shards, work, teacher_checkpoint=teacher)
-    summary = run_preprocessing(settings)
-    return TinyCorpus(raw_dir=raw, shard_dir=shards, work_dir=work, summary=summary, settings=settings)
+    cfg = compose_config(
+        [f"paths.data_dir={root}", *TINY_OVERRIDES, f"data.preprocess.teacher_checkpoint={teacher}"],
+        root / "run",
+    )
+    hydra.utils.instantiate(cfg.data).prepare_data()
+    settings = settings_from_config(cfg.data)
+    return TinyCorpus(
+        data_dir=root,
+        raw_dir=Path(settings.input_dir),
+        shard_dir=Path(settings.shard_dir),
+        work_dir=Path(settings.work_dir),
+        settings=settings,
+    )
 
 
 @pytest.fixture(scope="session")
 def corpus_args(tiny_corpus) -> list[str]:
     """Overrides that point a composed config (or `run.py`) at the tiny corpus."""
-    return [f"data.shard_dir={tiny_corpus.shard_dir}", "data.num_workers=0"]
+    return [f"paths.data_dir={tiny_corpus.data_dir}", *TINY_OVERRIDES, "data.num_workers=0"]
 
 
 @pytest.fixture(scope="session")
 def default_corpus(tmp_path_factory) -> Path:
-    """The shard dir of the default synthetic corpus, built as `make demo` builds it (module docstring)."""
+    """The data dir holding the default synthetic corpus, built as `make demo` builds it (module
+    docstring): point a config at it with `paths.data_dir=<it>`."""
     import hydra
 
     from tests.helpers import compose_config
@@ -120,4 +143,4 @@ def default_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("default_corpus")
     cfg = compose_config([f"paths.data_dir={root}"], root / "run")
     hydra.utils.instantiate(cfg.data).prepare_data()
-    return Path(cfg.data.shard_dir)
+    return root

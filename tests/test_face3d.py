@@ -1,4 +1,4 @@
-"""Tests of the 3D face layer (face3d): model, camera, renderer, BFM loader, fitting, regressor, dlib."""
+"""Tests of the 3D face layer (face3d): model, camera, renderer, BFM loader, fitting, appearance, dlib."""
 
 from __future__ import annotations
 
@@ -528,30 +528,6 @@ def test_appearance_fit_on_a_real_photo_shows_that_person(model):
     assert (appearance.error_after < 0.5 * appearance.error_before).all()
     assert (fitted - photo).abs().max() < 0.04
     assert (fitted - photo).norm() < 0.25 * (before - photo).norm()
-
-
-def test_regressor_loads_deep3dfacerecon_state_dict(tmp_path):
-    from face3d.regressor import CoeffRegressor
-
-    torch.manual_seed(0)
-    source = CoeffRegressor().eval()
-    for layer in source.final_layers:
-        torch.nn.init.normal_(layer.weight, std=0.01)
-    state = source.state_dict()
-    assert "backbone.conv1.weight" in state and "final_layers.6.bias" in state
-    assert state["final_layers.1.weight"].shape == (64, 2048, 1, 1)
-    path = tmp_path / "epoch_20.pth"
-    torch.save({"net_recon": state, "epoch": 20}, path)
-    loaded = CoeffRegressor.from_checkpoint(path).eval()
-    images = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        out = loaded(images)
-        assert out.shape == (2, NUM_COEFFS) and torch.equal(out, source(images))
-    torch.save({"net_recon": {"fc.weight": torch.zeros(1)}}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="not a Deep3DFaceRecon"):
-        CoeffRegressor.from_checkpoint(tmp_path / "wrong.pth")
-    with pytest.raises(FileNotFoundError, match="epoch_20.pth"):
-        CoeffRegressor.from_checkpoint(tmp_path / "missing" / "epoch_20.pth")
 
 
 def test_dlib_detects_the_rendered_face(model):

@@ -81,7 +81,7 @@ def test_the_datamodule_rebuilds_a_stale_synthetic_corpus(tmp_path: Path, caplog
     recipe_path.write_text(json.dumps({**json.loads(recipe_path.read_text()), "teacher": "0123abcd"}))
     hydra.utils.instantiate(cfg.data).prepare_data()
     assert manifest.stat().st_mtime_ns == built
-    stale = compose_config([*overrides, "seed=5"], tmp_path / "run")  # data.synthetic.seed follows it
+    stale = compose_config([*overrides, "data.synthetic.seed=5"], tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="datamodules.base"):
         hydra.utils.instantiate(stale.data).prepare_data()
     assert manifest.stat().st_mtime_ns != built

@@ -58,9 +58,9 @@ def stage_overrides(stage: str, expert: Path) -> list[str]:
     }[stage]
 
 
-def read_ledger(run_dir: Path) -> dict[int, list[dict]]:
+def read_ledger(run_dir: Path, prefix: str = "") -> dict[int, list[dict]]:
     ledger: dict[int, list[dict]] = {}
-    for path in sorted((run_dir / "sample_ledger").glob("rank*.jsonl")):
+    for path in sorted((run_dir / "sample_ledger").glob(f"{prefix}rank*.jsonl")):
         records = [json.loads(line) for line in path.read_text().splitlines()]
         ledger[records[0]["rank"]] = records
     return ledger
@@ -95,7 +95,11 @@ def test_bf16_mixed_on_cpu(corpus_args, tmp_path) -> None:
     assert loss is not None and math.isfinite(loss)
 
 
-def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tmp_path) -> None:
+def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tiny_corpus, tmp_path) -> None:
+    """Two gloo ranks: training samples disjoint across ranks; validation scores every window of every
+    validation clip exactly once between them (no rank repeats one, none is dropped)."""
+    from datamodules.datasets import window_starts
+
     run_cli(
         [
             "experiment=stage1",
@@ -105,7 +109,8 @@ def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tmp_path) -> None:
             "run_name=ddp",
             "debug=limit",
         ]
-        + ["trainer.max_epochs=1", "trainer.limit_train_batches=2", f"paths.log_dir={tmp_path}", *QUIET]
+        + ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=null"]
+        + [f"paths.log_dir={tmp_path}", *QUIET]
         + corpus_args
         + TINY_STAGE1
     )
@@ -117,6 +122,17 @@ def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tmp_path) -> None:
     clips = [{s.split("@")[0] for s in rank_seen} for rank_seen in seen]
     assert not clips[0] & clips[1], f"ranks shared clips: {clips[0] & clips[1]}"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    validated = read_ledger(run_dir, "val_")
+    assert sorted(validated) == [0, 1] and all(validated.values())
+    scored = [s for rank in (0, 1) for record in validated[rank] for s in record["samples"]]
+    window = int(next(a for a in TINY_STAGE1 if a.startswith("data.window_frames=")).split("=")[1])
+    expected = [
+        f"{clip['clip_id']}@{start}"
+        for clip in ShardReader(tiny_corpus.shard_dir / "val")
+        for start in window_starts(clip["num_frames"], window)
+    ]
+    assert sorted(scored) == sorted(expected) and len(expected) >= 2
 
 
 def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_path) -> None:
@@ -141,7 +157,7 @@ def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_
     assert checkpoint["global_step"] == 5
 
 
-def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tmp_path) -> None:
+def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tiny_corpus, tmp_path) -> None:
     """`ckpt_path=last` finds the training run's newest checkpoint from task=test and task=predict (their run
     directories hold none); predict writes every test clip whole, as .npz and as a rendered mp4."""
     common = ["experiment=stage1", "logger=csv", "run_name=eval", f"paths.log_dir={tmp_path}", *QUIET]
@@ -169,7 +185,7 @@ def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tmp_p
 
     run_cli([*common, "task=predict", "ckpt_path=last", "callbacks.predictions.render_video=true"])
     out = tmp_path / "predict" / "stage1" / "eval" / "predictions"
-    test_clips = [c for c in ShardReader(Path(corpus_args[0].split("=", 1)[1]) / "test")]
+    test_clips = list(ShardReader(tiny_corpus.shard_dir / "test"))
     for clip in test_clips:
         stem = clip["clip_id"].replace("/", "__")
         saved = np.load(out / f"{stem}.npz")
@@ -290,3 +306,28 @@ def test_optuna_sweep_records_the_best_of_its_trials(corpus_args, tmp_path) -> N
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert set(results.best_params) == {"model.optimizer.lr", "model.lambda_shape"}
     assert results.best_value == pytest.approx(min(values), rel=1e-9), (results.best_value, values)
+
+
+def readme_experiments() -> list[str]:
+    """Every `experiment=...` of a `python run.py` command in the README's shell blocks."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [line for block in blocks for line in block.splitlines() if "python run.py" in line]
+    return sorted({name for line in commands for name in re.findall(r"experiment=([\w/]+)", line)})
+
+
+@pytest.mark.parametrize("experiment", readme_experiments())
+def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
+    experiment: str, corpus_args, random_syncnet_expert, tmp_path
+) -> None:
+    """`debug=fdr` of each experiment the README shows, at its own (paper or demo) size, on the synthetic
+    corpus (the tiny one, which carries semantic images); what would build on another run's checkpoint
+    (stages 3 and 4, the teacher's expert) starts from fresh networks or a random expert here. Training
+    draws enough windows of each clip to fill its batch."""
+    overrides = [f"experiment={experiment}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
+    overrides += [*corpus_args, "data.examples_per_clip=32"]
+    if "stage3" in experiment or "stage4" in experiment:
+        overrides.append("model.init_checkpoint=null")
+    if experiment == "teacher":
+        overrides.append(f"model.syncnet_checkpoint={random_syncnet_expert}")
+    run_task(compose_config(overrides, tmp_path / "run"))

@@ -9,8 +9,9 @@ every position of it looks up texture in all K references by cross-attention, gu
   features. So attention can match "the lower lip in the target" to "the lower lip in reference k"
   wherever the warp put it;
 - `F.scaled_dot_product_attention` over all K x h x w reference tokens, multi-head, at 1/8 resolution,
-  then a decoder with skips back to full resolution predicts a correction C_c and a mask A_c:
-  I_c* = A_c C_c + (1 - A_c) I_i*. The mask starts near 0 (its bias), so the stage starts as the identity.
+  then a decoder with skips back to full resolution predicts a correction C_c (I_i* plus a residual
+  whose head starts at zero, so the stage starts as the identity) and a mask A_c:
+  I_c* = A_c C_c + (1 - A_c) I_i*.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class ReferenceCorrectionNet(nn.Module):
             self.decoder.append(ConvNormAct(2 * skip, skip, 3, norm=norm, activation="leaky_relu"))
             width = skip
         self.head = nn.Conv2d(width, 4, 3, padding=1)
-        nn.init.constant_(self.head.bias[3], -4.0)  # alpha ~0.02: starts as the identity
+        nn.init.zeros_(self.head.weight)  # C_c = I_i* + 0: the stage starts as the identity
+        nn.init.zeros_(self.head.bias)
         self.heads = heads
         self.keypoint_sigma = keypoint_sigma
 
@@ -110,7 +112,7 @@ class ReferenceCorrectionNet(nn.Module):
             x = self.decoder[2 * level](x)
             x = self.decoder[2 * level + 1](torch.cat([x, features[-2 - level]], dim=1))
         out = self.head(x)
-        colour, alpha = out[:, :3].sigmoid(), out[:, 3:].sigmoid()
+        colour, alpha = (image + torch.tanh(out[:, :3])).clamp(0, 1), out[:, 3:].sigmoid()
         return {"image": alpha * colour + (1 - alpha) * image, "colour": colour, "alpha": alpha}
 
     @torch.no_grad()

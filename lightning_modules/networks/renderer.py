@@ -17,7 +17,13 @@ written here and the numbers are in conf/model/stage2.yaml: encoder-decoder widt
 that, at 192 x 192, the parameter and multiply-accumulate counts land within 10% of Table 7
 (`count_complexity`); flows are predicted at 1/4 resolution and upsampled (SFM's few operations:
 most of its weights act at 6 x 6); flow and confidence heads start at zero (identity warp, equal
-fusion weights); C and A come through sigmoids, so every image stays in [0, 1].
+fusion weights); every image stays in [0, 1]. Each network starts from the warped reference, which is
+already a good face, and learns what to change: C_e and C_i are I_warp plus a learned residual whose
+head starts at zero, so I_e* starts as I_warp exactly; RBFIN also reads the mouth mask M (as inpainting
+networks do: partial and gated convolutions, LaMa), and A_i's logit carries the prior +-`mask_prior`
+inside / outside it, so I_i* starts as I_warp pasted into I_crop, the warp baseline, which training can
+only improve on. Started from noise instead, a short schedule spends its steps catching up with the
+warp the networks are given (measured: 31 dB against the warp's 34 after 600 demo steps).
 """
 
 from __future__ import annotations
@@ -110,8 +116,9 @@ def warp_references(
 
 class TextureNet(nn.Module):
     """TMN: encoder over [I_warp, I_3D] to 1/8 resolution, residual blocks, then a decoder of SPADE
-    residual blocks conditioned on I_3D back to full resolution. Returns C_e, A_e and the decoder
-    features at the scales in `texture_scales` (the output strides RBFIN's MSAF reads)."""
+    residual blocks conditioned on I_3D back to full resolution. Returns C_e (I_warp plus the predicted
+    residual), A_e, I_e* = A_e C_e + (1 - A_e) I_warp and the decoder features at the scales in
+    `texture_scales` (the output strides RBFIN's MSAF reads)."""
 
     def __init__(
         self,
@@ -137,6 +144,8 @@ class TextureNet(nn.Module):
             self.decoder.append(SPADEResBlock(width, out, 3, spade_hidden, spectral_norm))
             width = out
         self.head = nn.Conv2d(width, 4, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # C_e = I_warp + 0 at the start: I_e* = I_warp
+        nn.init.zeros_(self.head.bias)
         self.strides = [2 ** (len(dec) - 1 - level) for level in range(len(dec))]
         missing = set(texture_scales) - set(self.strides)
         if missing:
@@ -164,7 +173,7 @@ class TextureNet(nn.Module):
             if stride in self.texture_scales:
                 texture[stride] = x
         out = self.head(x)
-        colour, alpha = out[:, :3].sigmoid(), out[:, 3:].sigmoid()
+        colour, alpha = (warped + torch.tanh(out[:, :3])).clamp(0, 1), out[:, 3:].sigmoid()
         return {
             "colour": colour,
             "alpha": alpha,
@@ -223,10 +232,11 @@ class MSAF(nn.Module):
 
 
 class InpaintingNet(nn.Module):
-    """RBFIN: a U-Net over [I_warp, I_3D, I_crop] (9 channels). Encoder of stride-2 convs to 1/32, residual
-    blocks there, decoder of SPADE residual blocks (conditioned on I_3D) with skip connections; `MSAF`
-    at the decoder strides in `msaf_scales` (with TMN's F_tex at the same stride). Returns C_i, A_i,
-    I_i* = A_i C_i + (1 - A_i) I_crop, and the MSAF gates."""
+    """RBFIN: a U-Net over [I_warp, I_3D, I_crop, M] (10 channels, M the mouth mask). Encoder of
+    stride-2 convs to 1/32, residual blocks there, decoder of SPADE residual blocks (conditioned on
+    I_3D) with skip connections; `MSAF` at the decoder strides in `msaf_scales` (with TMN's F_tex at the
+    same stride). Returns C_i (I_warp plus the predicted residual), A_i (its logit plus
+    `mask_prior` (2 M - 1)), I_i* = A_i C_i + (1 - A_i) I_crop, and the MSAF gates."""
 
     def __init__(
         self,
@@ -237,12 +247,14 @@ class InpaintingNet(nn.Module):
         texture_channels: dict[int, int] | None = None,
         sigma_mode: str = "learnable",
         sigma: float = 0.5,
+        mask_prior: float = 6.0,
         norm: str = "instance",
         spectral_norm: bool = True,
     ) -> None:
         super().__init__()
         ch = [int(c) for c in channels]
-        self.stem = ConvNormAct(9, ch[0], 3, norm=norm, activation="leaky_relu")
+        self.mask_prior = mask_prior
+        self.stem = ConvNormAct(10, ch[0], 3, norm=norm, activation="leaky_relu")
         self.encoder = nn.ModuleList(down(a, b, norm) for a, b in zip(ch[:-1], ch[1:]))
         self.bottleneck = nn.Sequential(*(ResBlock(ch[-1], norm) for _ in range(bottleneck_blocks)))
         self.decoder = nn.ModuleList()
@@ -264,6 +276,8 @@ class InpaintingNet(nn.Module):
                 channels_here, texture_channels[stride], sigma_mode=sigma_mode, sigma=sigma
             )
         self.head = nn.Conv2d(width, 4, 3, padding=1)
+        nn.init.zeros_(self.head.weight)  # C_i = I_warp, A_i = the mask prior at the start
+        nn.init.zeros_(self.head.bias)
 
     def forward(
         self,
@@ -271,8 +285,9 @@ class InpaintingNet(nn.Module):
         render3d: torch.Tensor,
         masked: torch.Tensor,
         texture: dict[int, torch.Tensor],
+        mask: torch.Tensor,
     ) -> dict[str, torch.Tensor | dict]:
-        features = [self.stem(torch.cat([warped, render3d, masked], dim=1))]
+        features = [self.stem(torch.cat([warped, render3d, masked, mask], dim=1))]
         for layer in self.encoder:
             features.append(layer(features[-1]))
         x = self.bottleneck(features[-1])
@@ -284,7 +299,8 @@ class InpaintingNet(nn.Module):
                 fused = self.msaf[str(stride)](x, texture[stride])
                 x, gates[stride] = fused["features"], fused["gate"]
         out = self.head(x)
-        colour, alpha = out[:, :3].sigmoid(), out[:, 3:].sigmoid()
+        colour = (warped + torch.tanh(out[:, :3])).clamp(0, 1)
+        alpha = (out[:, 3:] + self.mask_prior * (2 * mask - 1)).sigmoid()
         return {
             "colour": colour,
             "alpha": alpha,
