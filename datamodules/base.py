@@ -209,7 +209,10 @@ class ShardDataModule(L.LightningDataModule):
                 "; ".join(changes),
             )
             shutil.rmtree(self.shard_dir)
-        shutil.rmtree(settings.work_dir, ignore_errors=True)
+        work = read_recipe(settings.work_dir)
+        if work is not None and recipe_differences(work, wanted):
+            # Per-clip results of another corpus: of no use (a build killed part-way keeps its own).
+            shutil.rmtree(settings.work_dir)
         log.info("no shards in %s: generating and preprocessing the synthetic corpus", self.shard_dir)
         generate_corpus(cfg)
         preprocess_corpus(cfg)

@@ -104,3 +104,14 @@ def wandb_records(path: Path) -> list:
         record.ParseFromString(payload)
         records.append(record)
     return records
+
+
+def wandb_history_keys(records: list) -> set[str]:
+    """The top-level keys of the history rows of W&B run records: a media item (an image grid) is
+    stored as nested keys under its name (`val/renderer` -> `_type`, `filenames`, ...)."""
+    return {
+        item.key or item.nested_key[0]
+        for record in records
+        if record.HasField("history")
+        for item in record.history.item
+    }

@@ -31,10 +31,14 @@ def test_synthetic_corpus_is_rebuilt_when_made_otherwise(tmp_path: Path, caplog)
         again = generate_synthetic_corpus(tmp_path, face_model={}, **{**SMALL, "seed": 2})
     assert again["rendered"] == 3 and read_recipe(tmp_path)["seed"] == 2
     assert "seed: 1 -> 2" in caplog.text
-    with pytest.raises(RuntimeError, match="needs the espeak-ng program"):
-        if __import__("shutil").which("espeak-ng"):
-            pytest.skip("espeak-ng is installed here: the missing-program error cannot be shown")
-        generate_synthetic_corpus(tmp_path, face_model={}, **{**SMALL, "audio_source": "espeak"})
+
+
+def test_espeak_speech_without_the_program_says_how_to_install_it(tmp_path: Path, monkeypatch) -> None:
+    """`audio_source: espeak` on a machine whose PATH has no espeak-ng stops before anything is rendered."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="needs the espeak-ng program.*make system-deps"):
+        generate_synthetic_corpus(tmp_path / "raw", face_model={}, **{**SMALL, "audio_source": "espeak"})
+    assert not (tmp_path / "raw" / "mp4").exists()
 
 
 def test_preprocessing_refuses_a_work_dir_made_otherwise(tmp_path: Path) -> None:

@@ -273,7 +273,7 @@ def test_training_stays_finite_in_bf16_and_channels_last(precision: str, corpus_
 
 def test_wandb_panel_shows_the_renderer_images(corpus_args, tmp_path) -> None:
     """The offline W&B run of a stage-2 run holds the validation image grid and the PSNR / SSIM metrics."""
-    from tests.helpers import run_cli, wandb_records
+    from tests.helpers import run_cli, wandb_history_keys, wandb_records
 
     run_cli(
         ["experiment=demo_stage2", "logger=wandb", "run_name=wb", *corpus_args, f"paths.log_dir={tmp_path}"]
@@ -281,12 +281,7 @@ def test_wandb_panel_shows_the_renderer_images(corpus_args, tmp_path) -> None:
         env={"WANDB_SILENT": "true"},
     )
     run = next((tmp_path / "train" / "demo_stage2" / "wb" / "wandb").glob("offline-run-*"))
-    history = {
-        item.key or "/".join(item.nested_key)
-        for record in wandb_records(next(run.glob("run-*.wandb")))
-        if record.HasField("history")
-        for item in record.history.item
-    }
+    history = wandb_history_keys(wandb_records(next(run.glob("run-*.wandb"))))
     assert {"val/psnr", "val/ssim", "val/psnr_render_baseline", "val/renderer"} <= history, sorted(history)
     assert list((run / "files" / "media" / "images").rglob("*.png")), "no image grid"
 

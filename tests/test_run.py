@@ -19,7 +19,7 @@ import torch
 
 from datamodules.shards import ShardReader
 from lightning_modules.training import run_task
-from tests.helpers import compose_config, instantiate_quietly, run_cli, wandb_records
+from tests.helpers import compose_config, instantiate_quietly, run_cli, wandb_history_keys, wandb_records
 
 # Stage-1 networks at test size: the real architecture with narrow layers (CPU, 2 cores).
 TINY_STAGE1 = [
@@ -32,6 +32,7 @@ TINY_STAGE1 = [
     "model.net.lstm_hidden=32",
     "data.window_frames=8",
     # The tiny corpus has 2 training clips, one window each per epoch: 1 per rank under 2-process DDP.
+    "data.examples_per_clip=1",
     "data.batch_size=1",
 ]
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
@@ -96,8 +97,9 @@ def test_bf16_mixed_on_cpu(corpus_args, tmp_path) -> None:
 
 
 def test_ddp_cpu_two_ranks_see_disjoint_samples(corpus_args, tiny_corpus, tmp_path) -> None:
-    """Two gloo ranks: training samples disjoint across ranks; validation scores every window of every
-    validation clip exactly once between them (no rank repeats one, none is dropped)."""
+    """Two gloo ranks: training samples disjoint across ranks (one draw of each clip an epoch: disjoint
+    clips); validation scores every window of every validation clip exactly once between them (no rank
+    repeats one, none is dropped)."""
     from datamodules.datasets import window_starts
 
     run_cli(
@@ -257,12 +259,7 @@ def test_wandb_offline_run_directory_holds_the_logged_metrics(corpus_args, tmp_p
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, f"expected one offline run in {run_dir / 'wandb'}"
     records = wandb_records(next(offline_runs[0].glob("run-*.wandb")))
-    history = {
-        item.key or "/".join(item.nested_key)
-        for r in records
-        if r.HasField("history")
-        for item in r.history.item
-    }
+    history = wandb_history_keys(records)
     config = {update.key for r in records if r.HasField("config") for update in r.config.update}
     run = next(r.run for r in records if r.HasField("run"))
     assert {"train/loss", "val/loss", "val/aed", "val/aed_mean_baseline"} <= history, sorted(history)

@@ -1,5 +1,6 @@
-"""Wav2Lip's SyncNet expert: shapes, gradients, the official key names, the sync measures, and a short
-training run on the synthetic corpus that learns to tell in-sync from off-sync audio."""
+"""Wav2Lip's SyncNet expert: shapes, gradients, the official key names, the sync measures, the
+contrastive objective, and a short training run on the synthetic corpus that learns to tell in-sync
+from off-sync audio."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_modules.losses import contrastive_sync_loss
 from lightning_modules.metrics import sync_measures, sync_probability
 from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncnet
 from lightning_modules.syncnet import SyncNetModule
@@ -133,9 +135,99 @@ def test_sync_measures_match_a_direct_offset_search() -> None:
         sync_measures(syncnet, frames[:, :5], mel[:, :5])
 
 
+# --- the contrastive objective ---------------------------------------------------------------------
+
+
+def orthonormal_clips(batch: int, length: int) -> torch.Tensor:
+    """(B, T, B T) audio embeddings, one basis vector per mel window: every cosine is 0 or 1."""
+    return torch.eye(batch * length).view(batch, length, batch * length)
+
+
+@pytest.mark.parametrize("other_clips", [False, True])
+def test_contrastive_loss_is_low_in_sync_and_high_off_sync(other_clips: bool) -> None:
+    """Faces equal to their own in-sync audio give log(1 + n e^-s) over the n negatives; the same faces
+    against audio shifted by 3 frames (one negative now matches exactly) give log(n + e^s) - 0. The
+    two windows next to the positive (min_offset 2) are no candidates at all, and other clips count
+    only with `other_clips`."""
+    batch, length, scale = 3, 9, 5.0
+    audio = orthonormal_clips(batch, length)
+    starts = torch.tensor([[0, 4], [2, 5], [1, 3]])
+    rows = torch.arange(batch)[:, None]
+    in_sync = audio[rows, starts]
+    shifted = audio[rows, starts + 3]
+    # Own clip: T minus the positive minus its neighbours within 1 frame (one at the clip's start).
+    near = ((torch.arange(length) - starts[..., None]).abs() == 1).sum(-1).float()
+    negatives = (length - 1 - near) + (batch - 1) * length * other_clips
+    low = contrastive_sync_loss(in_sync, audio, starts, 2, scale, other_clips)
+    high = contrastive_sync_loss(shifted, audio, starts, 2, scale, other_clips)
+    assert torch.allclose(low, torch.log1p(negatives * torch.exp(torch.tensor(-scale))).mean())
+    assert torch.allclose(high, torch.log(negatives - 1 + torch.exp(torch.tensor(scale)) + 1).mean())
+    assert low < 0.2 < 4.0 < high
+
+
+def test_contrastive_loss_matches_a_direct_softmax() -> None:
+    """Against a loop over the face windows: cross-entropy of the in-sync audio among the admissible
+    windows of the face's own clip (|j - s| >= min_offset, or j = s)."""
+    torch.manual_seed(0)
+    face = torch.nn.functional.normalize(torch.randn(3, 2, 8), dim=-1)
+    audio = torch.nn.functional.normalize(torch.randn(3, 10, 8), dim=-1)
+    starts = torch.tensor([[0, 5], [3, 4], [9, 1]])
+    expected = []
+    for b in range(3):
+        for k in range(2):
+            s = int(starts[b, k])
+            keep = [j for j in range(10) if j == s or abs(j - s) >= 3]
+            logits = 7.0 * audio[b, keep] @ face[b, k]
+            expected.append(-torch.log_softmax(logits, 0)[keep.index(s)])
+    loss = contrastive_sync_loss(face, audio, starts, min_offset=3, logit_scale=7.0)
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "bce"])
+def test_training_step_reaches_both_encoders(objective: str, monkeypatch) -> None:
+    """One training step of either objective gives every SyncNet encoder a gradient (and the
+    contrastive one its learnable temperature); shapes follow a `view: window` batch."""
+    torch.manual_seed(0)
+    module = SyncNetModule(
+        SyncNet(width=0.125),
+        optimizer=partial(torch.optim.Adam, lr=1e-4),
+        objective=objective,
+        learn_temperature=True,
+        faces_per_clip=2,
+    )
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(
+        module, "log", lambda name, value, **_: logged.update({name: float(torch.as_tensor(value).detach())})
+    )
+    batch = {"frames": torch.rand(3, 9, 3, 96, 96), "mel": torch.randn(3, 9, 80, 16)}
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and logged["train/loss"] == float(loss)
+    for name in ("face_encoder.0.conv_block.0.weight", "audio_encoder.0.conv_block.0.weight"):
+        grad = dict(module.syncnet.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    if objective == "contrastive":
+        assert module.log_logit_scale.grad is not None and module.log_logit_scale.grad != 0
+        assert 0.0 <= logged["train/top1"] <= 1.0
+    else:
+        assert not hasattr(module, "log_logit_scale")
+
+
+def test_contrastive_options_are_checked() -> None:
+    net, optimizer = SyncNet(width=0.125), partial(torch.optim.Adam, lr=1e-4)
+    with pytest.raises(ValueError, match="objective"):
+        SyncNetModule(net, optimizer, objective="triplet")
+    with pytest.raises(ValueError, match="faces_per_clip"):
+        SyncNetModule(net, optimizer, objective="contrastive", faces_per_clip=0)
+    module = SyncNetModule(net, optimizer, objective="contrastive", faces_per_clip=6)
+    with pytest.raises(ValueError, match="window_frames >= 10"):
+        module.training_step({"frames": torch.rand(2, 9, 3, 96, 96), "mel": torch.randn(2, 9, 80, 16)}, 0)
+
+
 # --- learning on the synthetic corpus ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # 800 steps: about 7 min on 2 cores
 def test_demo_syncnet_separates_unseen_speakers(default_corpus, tmp_path: Path) -> None:
     """experiment=demo_syncnet (the CPU recipe of the expert) trained on the default synthetic corpus
     separates in-sync from off-sync pairs (>= 2 frames apart) of the 4 validation speakers, none seen in
@@ -147,7 +239,7 @@ def test_demo_syncnet_separates_unseen_speakers(default_corpus, tmp_path: Path) 
 
     L.seed_everything(1234)
     cfg = compose_config(
-        ["experiment=demo_syncnet", f"data.shard_dir={default_corpus}", f"paths.log_dir={tmp_path}"],
+        ["experiment=demo_syncnet", f"paths.data_dir={default_corpus}", f"paths.log_dir={tmp_path}"],
         tmp_path / "run",
     )
     datamodule, module, trainer = instantiate_quietly(cfg)
