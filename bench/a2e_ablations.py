@@ -19,7 +19,6 @@ A step whose output exists is skipped, so a killed study resumes where it stoppe
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from study import config_overrides, run_unless_done  # noqa: E402
 
 from lightning_modules.report import collect_runs, markdown_table  # noqa: E402
 from lightning_modules.training import METRICS_FILE  # noqa: E402
@@ -40,27 +41,6 @@ ABLATIONS = (
 METRICS = ("val/aed", "val/lmd", "val/lmd_mouth", "val/sync", "val/sync_gt")
 
 
-def scalar_overrides(node, prefix: str) -> list[str]:
-    """`key=value` overrides for the scalar leaves of a config node (the ablations' model switches)."""
-    out = []
-    for key, value in node.items():
-        if OmegaConf.is_dict(value):
-            out += scalar_overrides(value, f"{prefix}{key}.")
-        elif not OmegaConf.is_list(value):
-            text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
-            out.append(f"{prefix}{key}={text}")
-    return out
-
-
-def run(args: list[str], done: Path) -> None:
-    """`python run.py ARGS` unless `done` exists; stops the study if the job fails."""
-    if done.exists():
-        print(f"-- skip (done): {' '.join(args)}", flush=True)
-        return
-    print(f"-- python run.py {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, check=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235, 1236])
@@ -71,11 +51,11 @@ def main() -> None:
     common = [f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
 
     syncnet = log_dir / "train/demo_syncnet/demo_syncnet/checkpoints/last.ckpt"
-    run(["experiment=demo_syncnet", *common], syncnet)
+    run_unless_done(["experiment=demo_syncnet", *common], syncnet)
     teacher = log_dir / "train/demo_teacher/demo_teacher/checkpoints/last.ckpt"
-    run(["experiment=demo_teacher", *common], teacher)
+    run_unless_done(["experiment=demo_teacher", *common], teacher)
     shards = data_dir / "synthetic/shards_teacher"
-    run(
+    run_unless_done(
         [
             "task=preprocess",
             f"data.shard_dir={shards}",
@@ -89,8 +69,9 @@ def main() -> None:
     # experiment=demo's sizes and schedule for every row; each row's switches from its own config file.
     rows = {"stage1": ["model.net.use_semantic=true"]}
     for name in ABLATIONS:
-        model = OmegaConf.load(ROOT / "conf/experiment" / f"{name}.yaml").get("model", {})
-        rows[name.split("/")[-1]] = ["model.net.use_semantic=true", *scalar_overrides(model, "model.")]
+        config = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/experiment" / f"{name}.yaml"))
+        model = config.get("model", {})
+        rows[name.split("/")[-1]] = ["model.net.use_semantic=true", *config_overrides(model, "model.")]
     rows["stage1_oracle_teacher"] = [
         "model.net.use_semantic=true",
         "model.semantic_key=frames",
@@ -101,7 +82,7 @@ def main() -> None:
     for seed in args.seeds:  # a whole table per seed first: a study cut short still compares every row
         for name, switches in rows.items():
             run_dir = log_dir / "train" / name / "a2e_ablations" / f"seed{seed}"
-            run(
+            run_unless_done(
                 [
                     "experiment=demo",
                     f"experiment_name={name}",

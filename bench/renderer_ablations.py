@@ -15,15 +15,15 @@ layout (PSNR, LPIPS when its backbone is in paths.weights_dir, SSIM, LMD), mean 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from study import config_overrides, run_unless_done  # noqa: E402
 
 from lightning_modules.report import collect_runs, markdown_table  # noqa: E402
 from lightning_modules.training import METRICS_FILE  # noqa: E402
@@ -41,30 +41,6 @@ ABLATIONS = (
 )
 METRICS = ("val/psnr", "val/lpips", "val/ssim", "val/lmd")
 BASELINES = ("_render_baseline", "_warp_baseline")
-
-
-def hydra_value(value: Any) -> str:
-    """A config value in Hydra's override grammar (lists and dicts included)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def leaf_overrides(node: dict, prefix: str) -> list[str]:
-    """`key=value` overrides of every leaf of a plain config dict (a list or None is one leaf)."""
-    out = []
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out += leaf_overrides(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={hydra_value(value)}")
-    return out
 
 
 def main() -> None:
@@ -85,23 +61,21 @@ def main() -> None:
         model = OmegaConf.to_container(
             OmegaConf.load(ROOT / "conf/experiment/ablation" / f"{name}.yaml")
         ).get("model", {})
-        rows[name] = leaf_overrides(model, "model.")
+        rows[name] = config_overrides(model, "model.")
     run_dirs = []
     for seed in args.seeds:  # a whole table per seed first: a study cut short still compares every row
         for name, switches in rows.items():
             run_dir = log_dir / "train" / name / "renderer_ablations" / f"seed{seed}"
-            if not (run_dir / METRICS_FILE).exists():
-                command = [
-                    "experiment=demo_stage2",
-                    f"experiment_name={name}",
-                    "run_name=renderer_ablations",
-                    f"hydra.run.dir={run_dir}",
-                    f"seed={seed}",
-                    *switches,
-                    *common,
-                ]
-                print(f"-- python run.py {' '.join(command)}", flush=True)
-                subprocess.run([sys.executable, str(ROOT / "run.py"), *command], cwd=ROOT, check=True)
+            command = [
+                "experiment=demo_stage2",
+                f"experiment_name={name}",
+                "run_name=renderer_ablations",
+                f"hydra.run.dir={run_dir}",
+                f"seed={seed}",
+                *switches,
+                *common,
+            ]
+            run_unless_done(command, run_dir / METRICS_FILE)
             run_dirs.append(run_dir)
     records = collect_runs(run_dirs)
     # One table: the two baselines (measured in the full model's runs), then every row.

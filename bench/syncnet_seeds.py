@@ -2,7 +2,7 @@
 the same synthetic corpus, and its held-out ROC AUC (in-sync against off-sync pairs >= 2 frames apart,
 on the validation speakers, none seen in training) as a table.
 
-    .venv/bin/python bench/bench_syncnet_seeds.py [--seeds 1 2 3 4 5] [--objectives contrastive bce]
+    .venv/bin/python bench/syncnet_seeds.py [--seeds 1 2 3 4 5] [--objectives contrastive bce]
         [--log-dir DIR] [--data-dir DIR] [--threads N] [--bar 0.75] [-- extra overrides]
 
 Each run is `python run.py experiment=demo_syncnet model.objective=O seed=S` into
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from study import run_unless_done  # noqa: E402
 
 from lightning_modules.training import METRICS_FILE  # noqa: E402
 
@@ -30,25 +29,11 @@ COLUMNS = ("val/auc", "val/loss", "val/acc", "val/separation", "val/sync_conf", 
 CORPUS_SEED = 1234
 
 
-def train(args: list[str], done: Path, threads: int | None) -> None:
-    """`python run.py ARGS` unless `done` exists; stops the study if the job fails."""
-    if done.exists():
-        print(f"-- skip (done): {done.parent}", flush=True)
-        return
-    env = dict(os.environ)
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    print(f"-- python run.py {' '.join(args)}", flush=True)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, check=True)
-    print(f"-- {time.perf_counter() - started:.0f} s", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--objectives", nargs="+", default=["contrastive", "bce"])
-    parser.add_argument("--log-dir", default=str(ROOT / "logs/bench_syncnet_seeds"))
+    parser.add_argument("--log-dir", default=str(ROOT / "logs/syncnet_seeds"))
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs")
     parser.add_argument("--bar", type=float, default=0.75, help="the held-out ROC AUC a run must reach")
@@ -61,7 +46,7 @@ def main() -> None:
         for seed in args.seeds:
             run_name = f"{objective}_seed{seed}"
             metrics = log_dir / "train" / "demo_syncnet" / run_name / METRICS_FILE
-            train(
+            run_unless_done(
                 [
                     "experiment=demo_syncnet",
                     f"model.objective={objective}",
