@@ -12,7 +12,8 @@ The chain a user without Wav2Lip's weights runs, each step a `python run.py` job
    `ablation/a2e_*` configs, whose model settings are read from their files; plus the full model with
    the ground-truth frames as an oracle teacher (the upper bound of a perfect teacher);
 5. the table (`lightning_modules.report`): AED, LMD, mouth LMD, Sync (LSE-C through the demo expert)
-   and the same for the ground-truth expressions, mean +- sd over the seeds.
+   and the same for the ground-truth expressions, mean +- sd over the seeds; then, for every ablation,
+   whether its difference from the full model is within the seed spread (`report.spread_notes`).
 A step whose output exists is skipped, so a killed study resumes where it stopped.
 """
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import config_overrides, run_unless_done  # noqa: E402
 
-from lightning_modules.report import collect_runs, markdown_table  # noqa: E402
+from lightning_modules.report import collect_runs, markdown_table, spread_notes  # noqa: E402
 from lightning_modules.training import METRICS_FILE  # noqa: E402
 
 ABLATIONS = (
@@ -98,7 +99,9 @@ def main() -> None:
                 run_dir / METRICS_FILE,
             )
             run_dirs.append(run_dir)
-    print(markdown_table(collect_runs(run_dirs), METRICS, baseline="_mean_baseline"))
+    records = collect_runs(run_dirs)
+    print(markdown_table(records, METRICS, baseline="_mean_baseline"))
+    print("\n" + spread_notes(records, METRICS, reference="stage1"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import config_overrides, run_unless_done  # noqa: E402
 
-from lightning_modules.report import collect_runs, markdown_table  # noqa: E402
+from lightning_modules.report import collect_runs, markdown_table, spread_notes  # noqa: E402
 from lightning_modules.training import METRICS_FILE  # noqa: E402
 
 ABLATIONS = (
@@ -81,6 +81,7 @@ def main() -> None:
     # One table: the two baselines (measured in the full model's runs), then every row.
     first, second = (markdown_table(records, METRICS, baseline=s, digits=3).splitlines() for s in BASELINES)
     print("\n".join([*first[:3], second[2], *first[3:]]))
+    print("\n" + spread_notes(records, METRICS, reference="stage2", digits=3))
 
 
 if __name__ == "__main__":

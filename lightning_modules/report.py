@@ -5,7 +5,9 @@ Every run writes `<run dir>/metrics.json` (`lightning_modules.training.write_met
 without one is read as a sweep, one row per job subdirectory that has one (in job order). `--baseline
 SUFFIX` adds a first row from the metrics named `<metric><SUFFIX>` of the first row's runs that logged
 them, e.g. stage 1's `val/aed_mean_baseline`: the predict-the-mean reference measured in the same runs.
-Runs that differ only in their `seed=` override are one row: mean +- sd over the seeds.
+Runs that differ only in their `seed=` override are one row: mean +- sd over the seeds. `--reference
+LABEL` then says of every other row, metric by metric, whether its difference from that row is within
+the seed spread.
 """
 
 from __future__ import annotations
@@ -55,6 +57,54 @@ def run_label(record: dict[str, Any], others: Sequence[dict[str, Any]]) -> str:
     return f"{record['experiment_name']} ({', '.join(distinct)})" if distinct else record["experiment_name"]
 
 
+def _grouped(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(run_label(record, records), []).append(record)
+    return groups
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, float("nan")
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def spread_notes(
+    records: Sequence[dict[str, Any]], metrics: Sequence[str], reference: str, digits: int = 4
+) -> str:
+    """One line per other row: its difference from the `reference` row on each metric, and whether it
+    lies within the seed spread, i.e. under two standard errors of the difference of the two means
+    (2 sqrt(sd_a^2 / n_a + sd_b^2 / n_b); Welch's, about a 95 % two-sided bound). A row of one seed has
+    no spread to compare with, and says so."""
+    groups = _grouped(records)
+    if reference not in groups:
+        raise KeyError(f"no row {reference!r} among {sorted(groups)}")
+    base = groups[reference]
+    lines = []
+    for label, group in groups.items():
+        if label == reference:
+            continue
+        parts = []
+        for metric in metrics:
+            a = [r["metrics"][metric] for r in group if metric in r["metrics"]]
+            b = [r["metrics"][metric] for r in base if metric in r["metrics"]]
+            if not a or not b:
+                continue
+            (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
+            difference = mean_a - mean_b
+            if len(a) < 2 or len(b) < 2:
+                verdict = "one seed: no spread"
+            else:
+                bound = 2 * (sd_a**2 / len(a) + sd_b**2 / len(b)) ** 0.5
+                within = abs(difference) <= bound
+                verdict = f"{'within' if within else 'beyond'} the seed spread (2 SE {bound:.{digits}f})"
+            parts.append(f"{metric} {difference:+.{digits}f}, {verdict}")
+        lines.append(f"- {label} vs {reference}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def markdown_table(
     records: Sequence[dict[str, Any]], metrics: Sequence[str], baseline: str | None = None, digits: int = 4
 ) -> str:
@@ -65,15 +115,12 @@ def markdown_table(
     def cell(values: list[float]) -> str:
         if not values:
             return "-"
-        mean = sum(values) / len(values)
+        mean, sd = _mean_sd(values)
         if len(values) == 1:
             return f"{mean:.{digits}f}"
-        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
         return f"{mean:.{digits}f} ± {sd:.{digits}f} (n={len(values)})"
 
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        groups.setdefault(run_label(record, records), []).append(record)
+    groups = _grouped(records)
     lines = ["| run | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     if baseline:
         first = next(
@@ -97,9 +144,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, help="comma-separated metric names, e.g. val/aed,val/lmd")
     parser.add_argument("--baseline", default=None, help="suffix of baseline metrics, e.g. _mean_baseline")
     parser.add_argument("--digits", type=int, default=4)
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="a row's label: is each other row's difference within the seed spread?",
+    )
     args = parser.parse_args(argv)
     records = collect_runs(args.paths)
-    print(markdown_table(records, args.metrics.split(","), args.baseline, args.digits))
+    metrics = args.metrics.split(",")
+    print(markdown_table(records, metrics, args.baseline, args.digits))
+    if args.reference:
+        print("\n" + spread_notes(records, metrics, args.reference, args.digits))
 
 
 if __name__ == "__main__":

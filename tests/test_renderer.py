@@ -243,6 +243,67 @@ def test_each_stage_starts_from_the_previous_stage_checkpoint(corpus_args, tmp_p
         )
 
 
+def test_pretrained_losses_come_from_weights_dir_or_switch_off_naming_the_file(tmp_path, caplog) -> None:
+    """Without files in paths.weights_dir the perceptual / style, correspondence and LPIPS measures are off
+    (weight 0, no network), each warning names its torchvision file; with RAFT's file there (here
+    torchvision's raft_small with its own initialisation, saved under the released name) the
+    correspondence loss runs through it, reaches the warped image, and stays out of the checkpoint."""
+    import logging
+
+    import hydra
+    from torchvision.models.optical_flow import raft_small
+
+    from tests.helpers import compose_config
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    overrides = ["experiment=demo_stage2", f"paths.weights_dir={weights}", "model.losses.correspondence=0.1"]
+    with caplog.at_level(logging.WARNING):
+        module = hydra.utils.instantiate(compose_config(overrides, tmp_path / "a").model)
+    assert module.perceptual is None and module.correspondence is None and module.lpips is None
+    assert module.losses["perceptual"] == module.losses["style"] == module.losses["correspondence"] == 0
+    for name in ("vgg19-dcbb9e9d.pth", "raft_small_C_T_V2-01064c6d.pth", "alexnet-owt-7be5be79.pth"):
+        assert str(weights / name) in caplog.text, name
+
+    torch.save(raft_small(weights=None).state_dict(), weights / "raft_small_C_T_V2-01064c6d.pth")
+    module = hydra.utils.instantiate(compose_config(overrides, tmp_path / "b").model)
+    assert module.correspondence is not None and module.losses["correspondence"] == 0.1
+    warped = torch.rand(2, 3, 128, 128, requires_grad=True)
+    loss = module.correspondence(warped, torch.rand(2, 3, 128, 128))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and warped.grad.abs().sum() > 0
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(key.startswith("correspondence.") for key in checkpoint["state_dict"])
+
+
+def test_the_phase_schedule_resumes_where_it_stopped(corpus_args, tmp_path) -> None:
+    """Three generator steps of a schedule whose second phase (eps 0.2) starts at generator step 4,
+    stopped, resumed from last.ckpt to six: the resumed run continues the generator-step count, so its
+    first step is still in phase one and the next two in phase two (a count restarted at 0 would keep
+    eps 0 throughout)."""
+    from lightning_modules.training import run_task
+    from tests.helpers import compose_config
+
+    overrides = [
+        "experiment=demo_stage2",
+        *corpus_args,
+        f"paths.log_dir={tmp_path}",
+        *SHORT,
+        "trainer.log_every_n_steps=1",
+        "model.phases=[{start:0,epsilon:0.0},{start:4,epsilon:0.2}]",
+    ]
+    run_task(compose_config([*overrides, "trainer.max_steps=3"], tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert int(torch.load(last, weights_only=True)["state_dict"]["generator_steps"]) == 3
+    run_task(compose_config([*overrides, "trainer.max_steps=6", f"ckpt_path={last}"], tmp_path / "run"))
+    assert int(torch.load(last, weights_only=True)["state_dict"]["generator_steps"]) == 6
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as handle:  # the resumed run's own rows
+        rows = [row for row in csv.DictReader(handle) if row.get("train/epsilon")]
+    epsilon = [round(float(row["train/epsilon"]), 3) for row in sorted(rows, key=lambda r: int(r["step"]))]
+    assert epsilon == [0.0, 0.2, 0.2], epsilon
+
+
 def test_training_stays_finite_in_bf16_and_channels_last(corpus_args, tmp_path) -> None:
     """bf16-mixed autocast with channels-last tensors (how a GPU user runs it), four steps through both
     phases of the schedule (SFM + TMN, then joint), then validation: every logged loss and score is

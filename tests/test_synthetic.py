@@ -27,7 +27,7 @@ def test_speech_synthesiser_is_deterministic_and_speech_like():
     assert loudness.max() > 0.6 and loudness.min() < 0.3
 
 
-@pytest.mark.skipif(not audio_lib.espeak_available(), reason="espeak-ng is not installed")
+@pytest.mark.skipif(not audio_lib.espeak_available(), reason="needs espeak-ng (`make system-deps`)")
 def test_espeak_speech_is_16k_and_fitted_to_length():
     wave = audio_lib.espeak_speech(1.5, seed=1)
     assert wave.shape == (24000,)
