@@ -2,6 +2,7 @@
 ablations, beside the predict-the-mean-expression baseline, on the unseen validation speakers.
 
     .venv/bin/python bench/a2e_ablations.py [--seeds 1234 1235 1236] [--log-dir DIR] [--data-dir DIR]
+        [-- overrides of every stage-1 row, e.g. trainer.check_val_every_n_epoch=200]
 
 The chain a user without Wav2Lip's weights runs, each step a `python run.py` job:
 1. `experiment=demo_syncnet`: the lip-sync expert (the Sync metric, and the teacher's critic);
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235, 1236])
     parser.add_argument("--log-dir", default=str(ROOT / "logs"))
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
+    parser.add_argument("overrides", nargs="*", help="more run.py overrides for every stage-1 row")
     args = parser.parse_args()
     log_dir, data_dir = Path(args.log_dir), Path(args.data_dir)
     common = [f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
@@ -95,6 +97,7 @@ def main() -> None:
                     "callbacks.a2e_media=null",
                     *switches,
                     *common,
+                    *args.overrides,
                 ],
                 run_dir / METRICS_FILE,
             )
