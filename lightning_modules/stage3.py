@@ -3,7 +3,10 @@
 Starts from a stage-2 checkpoint (`init_checkpoint`), whose networks stay frozen unless
 `train_previous`; trains `correction_net` (lightning_modules/networks/correction.py), which corrects
 I_i* with texture looked up in the K references by keypoint-guided cross-attention:
-I_c* = A_c C_c + (1 - A_c) I_i*. Its loss is stage 2's L^i on I_c*: L1 over the image + l_SSIM L_SSIM +
+I_c* = A_c C_c + (1 - A_c) I_i*. The keypoints are the 68 landmarks of the 3DMM projected from the
+coefficients (the target's, with whatever expression drives it, and each reference's), never the ones
+detected on the target frame: when dubbing, the target's mouth is the one being made.
+Its loss is stage 2's L^i on I_c*: L1 over the image + l_SSIM L_SSIM +
 l_p L_p + l_style L_style + l_wgan L_wgan (SynergyWarpNet's reconstruction and adversarial terms).
 """
 
@@ -14,19 +17,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import face3d
 from lightning_modules.networks.correction import ReferenceCorrectionNet
+from lightning_modules.renderer import RendererModule
 from lightning_modules.stage2 import RendererStage2
 
 
 class RendererStage3(RendererStage2):
-    """`experiment=stage3`: stage 2's networks (from its checkpoint) plus `correction_net`."""
+    """`experiment=stage3`: stage 2's networks (from its checkpoint) plus `correction_net`; `face_model`
+    (frozen, not checkpointed) projects the keypoints."""
+
+    frozen_prefixes = (*RendererModule.frozen_prefixes, "face_model.")
 
     def __init__(
-        self, correction_net: ReferenceCorrectionNet, train_previous: bool = False, **stage2: Any
+        self,
+        correction_net: ReferenceCorrectionNet,
+        face_model: face3d.MorphableModel,
+        train_previous: bool = False,
+        **stage2: Any,
     ) -> None:
         super().__init__(**stage2)
         self.correction_net = correction_net
+        self.face_model = face_model.requires_grad_(False)
         self.train_previous = train_previous
+
+    def keypoints(self, coeffs: Tensor, image_size: int) -> Tensor:
+        """(..., 257) coefficients -> (..., 68, 2) projected landmarks in pixels of an `image_size` crop
+        (the face model's camera frames the crop, as in the fit)."""
+        camera = self.face_model.camera.resized(image_size)
+        with torch.autocast(device_type=coeffs.device.type, enabled=False):
+            points = self.face_model.landmarks_2d(coeffs.flatten(0, -2).float(), camera)
+        return points.view(*coeffs.shape[:-1], *points.shape[1:])
 
     def previous_networks(self) -> list[nn.Module]:
         return RendererStage2.trained_networks(self)
@@ -55,8 +76,12 @@ class RendererStage3(RendererStage2):
     def generate(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         with torch.set_grad_enabled(self.train_previous and torch.is_grad_enabled()):
             out = super().generate(batch)
+        size = batch["target"].shape[-1]
         corrected = self.correction_net(
-            out["inpainted"], batch["landmarks"], batch["references"], batch["references_landmarks"]
+            out["inpainted"],
+            self.keypoints(batch["coeffs"], size),
+            batch["references"],
+            self.keypoints(batch["references_coeffs"], size),
         )
         out.update(
             corrected=corrected["image"], correction_alpha=corrected["alpha"], output=corrected["image"]
