@@ -337,8 +337,8 @@ class WindowDataset(ClipDataset):
 
 class FrameDataset(ClipDataset):
     """`view: frame`: a target frame with its I_3D, mouth-masked crop (and the mask), face mask, and K
-    references of the same clip with their I_3D, coefficients and landmarks (Stage B of the main paper,
-    seed 002; stage 3's keypoints)."""
+    references of the same clip with their I_3D and coefficients (Stage B of the main paper, seed 002;
+    stage 3 projects its keypoints from the coefficients)."""
 
     def positions(self, num_frames: int) -> list[int]:
         return list(range(num_frames))
@@ -376,7 +376,6 @@ class FrameDataset(ClipDataset):
             "coeffs": torch.from_numpy(clip["coeffs"][target]),
             "landmarks": torch.from_numpy(landmarks * scale),
             "references_coeffs": torch.from_numpy(clip["coeffs"][references]),
-            "references_landmarks": torch.from_numpy(clip["landmarks"][references] * scale),
             "clip_id": clip["clip_id"],
             "frame_index": target,
         }

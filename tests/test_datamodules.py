@@ -143,7 +143,6 @@ def test_frame_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> N
         "coeffs": (2, 257),
         "landmarks": (2, 68, 2),
         "references_coeffs": (2, 3, 257),
-        "references_landmarks": (2, 3, 68, 2),
         "frame_index": (2,),
     }
     # the masked crop is the target with the mouth mask blanked out, nothing else changed
