@@ -326,7 +326,7 @@ def demo_ratios(data_dir: Path, tmp_path: Path, overrides: tuple[str, ...] = ())
     return aed_ratio, lmd_ratio, trainer.global_step
 
 
-@pytest.mark.slow  # the default corpus and 400 steps: about 5 min on 2 cores (make test-full)
+@pytest.mark.slow  # the default corpus and 400 steps: 2-5 min on 2 cores (make test-full)
 def test_demo_training_beats_the_mean_expression_baseline(default_corpus, tmp_path: Path) -> None:
     """`make demo`'s config (experiment=demo: audio-only stage 1, 400 steps of narrow encoders) trained on
     the default synthetic corpus, whose speech is the built-in synthesiser's on every machine: over the
