@@ -41,12 +41,6 @@ from lightning_modules.networks.flow import resize_flow, warp
 SIGMA_MODES = ("learnable", "fixed")
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
 class FlowNet(nn.Module):
     """SFM: a U-Net from [I_3D, I_r] (6 channels) down to 1/32 resolution, where residual blocks hold
     most of the weights, and back up to `flow_scale` of the input, predicting a pixel flow (2 channels)
