@@ -19,8 +19,8 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: install ## train the main job on the embedded synthetic corpus (generated on first use)
-	$(PY) run.py experiment=demo
+demo: install ## the whole pipeline on the embedded synthetic corpus: train stages 1-4 and Wav2Lip, evaluate, dub
+	$(PY) -m lightning_modules.demo
 
 test: install ## the default test suite (what CI runs)
 	$(PY) -m pytest

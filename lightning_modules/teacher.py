@@ -43,13 +43,13 @@ __all__ = ["Wav2LipTeacherModule"]
 class Wav2LipTeacherModule(L.LightningModule):
     """Trains a `Wav2LipGenerator` against a frozen SyncNet on `view: window` batches with
     `load_frames: true`. The expert is loaded from `syncnet_checkpoint` (an `experiment=syncnet`
-    checkpoint or the official `lipsync_expert.pth`) when training starts."""
+    checkpoint or the official `lipsync_expert.pth`) when training starts; with none, by L1 alone."""
 
     def __init__(
         self,
         generator: Wav2LipGenerator,
         optimizer: partial[torch.optim.Optimizer],
-        syncnet_checkpoint: str,
+        syncnet_checkpoint: str | None,
         scheduler: partial[torch.optim.lr_scheduler.LRScheduler] | None = None,
         sync_weight: float = 0.01,
         sync_loss_threshold: float = 0.75,
@@ -75,8 +75,9 @@ class Wav2LipTeacherModule(L.LightningModule):
         self.register_buffer("sync_active", torch.tensor(False))
 
     def setup(self, stage: str) -> None:
-        """Load the frozen expert (not in __init__, so that configs instantiate without the file)."""
-        if self.syncnet is None:
+        """Load the frozen expert (not in __init__, so that configs instantiate without the file); without
+        one (`syncnet_checkpoint: null`) the generator learns by L1 alone."""
+        if self.syncnet is None and self.syncnet_checkpoint:
             self.syncnet = load_syncnet(self.syncnet_checkpoint)
 
     def train(self, mode: bool = True) -> Wav2LipTeacherModule:
@@ -117,6 +118,8 @@ class Wav2LipTeacherModule(L.LightningModule):
     def _losses(self, batch: dict[str, Any], gaps: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         generated, targets = self._generate(batch, gaps)
         l1 = F.l1_loss(generated, targets)
+        if not self.syncnet_checkpoint:
+            return {"loss": l1, "l1": l1}, generated
         weight = self.sync_weight if bool(self.sync_active) else 0.0
         # Without weight the expert only reports (no graph through it), as Wav2Lip skips it then.
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
@@ -142,7 +145,8 @@ class Wav2LipTeacherModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         losses, batch_size = self.evaluate(batch, "val")
-        self.val_sync.update(losses["sync"], weight=batch_size)
+        if "sync" in losses:
+            self.val_sync.update(losses["sync"], weight=batch_size)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluate(batch, "test")
@@ -159,6 +163,8 @@ class Wav2LipTeacherModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Wav2Lip's switch: once the generated faces fool the expert well enough, turn the sync term on."""
+        if not self.syncnet_checkpoint:
+            return
         sync = float(self.val_sync.compute())
         self.val_sync.reset()
         if not self.trainer.sanity_checking and sync < self.sync_loss_threshold:

@@ -55,6 +55,8 @@ def run_task(cfg: DictConfig) -> float | None:
         "predict": fit_and_evaluate,
         "synthesize": _synthesize,
         "preprocess": _preprocess,
+        "dub": _dub,
+        "eval": _eval,
     }
     if cfg.task not in tasks:
         raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
@@ -71,6 +73,18 @@ def _preprocess(cfg: DictConfig) -> None:
     from datamodules.preprocess import preprocess_corpus
 
     preprocess_corpus(cfg.data)
+
+
+def _dub(cfg: DictConfig) -> None:
+    from lightning_modules.dub import run_dub
+
+    run_dub(cfg)
+
+
+def _eval(cfg: DictConfig) -> None:
+    from lightning_modules.evaluation import run_evaluation
+
+    run_evaluation(cfg)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -152,6 +166,8 @@ def _finish_wandb(failed: bool) -> None:
 
 
 METRICS_FILE = "metrics.json"
+# The config a checkpoint carries: its networks, its data (how its shards were made), its face model.
+RUN_CONFIG_KEYS = ("model", "data", "face_model")
 
 
 def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) -> None:
@@ -230,6 +246,8 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
     log.info("data: %s | model: %s", cfg.data.get("_target_"), cfg.model.get("_target_"))
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
+    # What rebuilds these networks from the checkpoint alone (lightning_modules/checkpointing.py).
+    model.run_config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RUN_CONFIG_KEYS}
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_group(cfg.get("callbacks")),

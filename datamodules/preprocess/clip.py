@@ -95,12 +95,31 @@ def landmarks_for_tube(frames: np.ndarray, tube, detector) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
+def fit_face(
+    crops: np.ndarray, landmarks: np.ndarray, options: ClipOptions, tools: Tools
+) -> tuple[Any, dict]:
+    """The 3DMM of one stretch of face crops (T, S, S, 3) uint8 with their landmarks (T, 68, 2) in crop
+    pixels: the landmark fit, then texture and light from the crops' own pixels, so that I_3D shows this
+    person (face3d/appearance.py). Returns (AppearanceFit, its I_3D render dict(image, mask, ...)),
+    shaded from the fit's own rasterisation. Preprocessing and dubbing analyse faces through this."""
+    import face3d
+
+    device = tools.model.mean_shape.device
+    fit = face3d.fit_landmarks(
+        tools.model, tools.camera, torch.from_numpy(np.ascontiguousarray(landmarks)).to(device), **options.fit
+    )
+    renderer = face3d.FaceRenderer(tools.model, tools.camera)
+    images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    appearance = face3d.fit_appearance(
+        tools.model, tools.camera, fit.coeffs.detach(), images, renderer=renderer, **options.appearance
+    )
+    return appearance, appearance.render(renderer)
+
+
 def process_clip(
     source: ClipSource, options: ClipOptions, tools: Tools
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """-> (shard sample, manifest record); raises ClipRejected with the reason when the clip is unusable."""
-    import face3d
-
     info = probe(source.path, options.vfr_tolerance)
     validate(info, source.path, options.fps, max_side=options.max_side, min_frames=options.min_frames)
     span = common_span(info, source.path, options.fps, options.min_frames, options.audio_tolerance_s)
@@ -124,18 +143,7 @@ def process_clip(
     pcm = decode_audio(source.path, len(frames) * spf, start_s=span.start_s)[start * spf : end * spf]
     wave = audio_lib.to_float(pcm)
 
-    device = tools.model.mean_shape.device
-    fit = face3d.fit_landmarks(
-        tools.model, tools.camera, torch.from_numpy(landmarks).to(device), **options.fit
-    )
-    # Texture and light from the clip's own pixels, so that I_3D shows this person (face3d/appearance.py);
-    # I_3D is then shaded from the fit's rasterisation, not rasterised again.
-    renderer = face3d.FaceRenderer(tools.model, tools.camera)
-    images = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float() / 255.0
-    appearance = face3d.fit_appearance(
-        tools.model, tools.camera, fit.coeffs.detach(), images, renderer=renderer, **options.appearance
-    )
-    rendered = appearance.render(renderer)
+    appearance, rendered = fit_face(crops, landmarks, options, tools)
     coeffs = appearance.coeffs.detach().float().cpu()
     render3d = (rendered["image"].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     face_mask = (rendered["mask"][:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255

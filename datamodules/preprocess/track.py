@@ -116,6 +116,35 @@ def select_tube(
     return main
 
 
+def speaker_tubes(
+    detections: list[list[Face]],
+    iou_with_initial: float,
+    max_gap: int,
+    min_frames: int,
+    second_face_score_ratio: float,
+    second_face_size_ratio: float,
+) -> list[Tube]:
+    """The speaker's tubes of a stretch of video that may lose the face (dubbing, not training): the most
+    prominent tube, then every other tube of at least `min_frames` frames that is plausibly the same kind
+    of face (median score and size at least those shares of the first's) and overlaps no tube already
+    taken in time; sorted by start. Frames outside them show no speaker's face. [] when nothing is
+    detected."""
+    tubes = [tube for tube in build_tubes(detections, iou_with_initial, max_gap) if tube.length >= min_frames]
+    if not tubes:
+        return []
+    tubes.sort(key=lambda tube: (-_prominence(tube), tube.start))
+    main_score, main_size = _median_score_and_size(tubes[0])
+    chosen = [tubes[0]]
+    for tube in tubes[1:]:
+        score, size = _median_score_and_size(tube)
+        plausible = (
+            score >= second_face_score_ratio * main_score and size >= second_face_size_ratio * main_size
+        )
+        if plausible and all(tube.end <= other.start or tube.start >= other.end for other in chosen):
+            chosen.append(tube)
+    return sorted(chosen, key=lambda tube: tube.start)
+
+
 def _size(face: Face) -> float:
     """Side of the square with the box's area, in pixels."""
     w, h = face.box[2] - face.box[0], face.box[3] - face.box[1]

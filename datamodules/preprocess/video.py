@@ -34,6 +34,63 @@ class ClipRejected(Exception):
         self.detail = detail
 
 
+class Mp4Writer:
+    """A streaming H.264 (yuv420p) mp4 writer: frames are encoded as they come (`write`), so a long
+    video never sits in memory; the mono float audio, if any, is muxed as AAC on `close`, its first
+    sample playing at `audio_start_s`. `fps` is an int, a float such as 29.97 or a Fraction such as
+    30000/1001; `crf` and `preset` are libx264's (crf 18 or less is visually lossless). The file is
+    written to `path` + '.tmp' and renamed on a clean close, so a killed or failed writer never leaves a
+    half file behind (`abort` removes it)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        fps: float | Fraction = 25,
+        crf: int = 20,
+        preset: str = "veryfast",
+        sample_rate: int = SAMPLE_RATE,
+        with_audio: bool = True,
+    ) -> None:
+        if width % 2 or height % 2:
+            raise ValueError(f"H.264 yuv420p needs an even frame size, got {width}x{height}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.sample_rate = sample_rate
+        self.frames_written = 0
+        self.container = av.open(str(self.tmp), "w", format="mp4")
+        self.video = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
+        self.video.options = {"crf": str(crf), "preset": preset}
+        self.audio = None
+        if with_audio:
+            self.audio = self.container.add_stream("aac", rate=sample_rate)
+            self.audio.layout = "mono"
+
+    def write(self, image: np.ndarray) -> None:
+        """One (H, W, 3) uint8 RGB frame."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        self.container.mux(self.video.encode(frame))
+        self.frames_written += 1
+
+    def close(self, audio: np.ndarray | None = None, audio_start_s: float = 0.0) -> None:
+        self.container.mux(self.video.encode(None))
+        if self.audio is not None and audio is not None:
+            pcm = to_int16(np.asarray(audio, dtype=np.float32))[None]
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = self.sample_rate, int(round(audio_start_s * self.sample_rate))
+            self.container.mux(self.audio.encode(frame))
+            self.container.mux(self.audio.encode(None))
+        self.container.close()
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        self.container.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def write_mp4(
     path: str | Path,
     frames: np.ndarray,
@@ -44,35 +101,16 @@ def write_mp4(
     preset: str = "veryfast",
     audio_start_s: float = 0.0,
 ) -> None:
-    """Writes (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) at `fps` (an int, a float such as 29.97,
-    or a Fraction such as 30000/1001) with the mono float audio muxed as AAC, its first sample playing
-    at `audio_start_s` (0: with the first frame).
-
-    Written to `path` + '.tmp' and renamed, so a killed writer never leaves a half file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    """Writes (T, H, W, 3) uint8 RGB frames with the mono float audio (or None) through `Mp4Writer`."""
     _, height, width, _ = frames.shape
-    with av.open(str(tmp), "w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"crf": str(crf), "preset": preset}
-        stream_audio = None
-        if audio is not None:
-            stream_audio = container.add_stream("aac", rate=sample_rate)
-            stream_audio.layout = "mono"
+    writer = Mp4Writer(path, width, height, fps, crf, preset, sample_rate, with_audio=audio is not None)
+    try:
         for image in frames:
-            container.mux(
-                video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
-            )
-        container.mux(video.encode(None))
-        if stream_audio is not None:
-            pcm = to_int16(np.asarray(audio, dtype=np.float32))[None]
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, int(round(audio_start_s * sample_rate))
-            container.mux(stream_audio.encode(frame))
-            container.mux(stream_audio.encode(None))
-    tmp.replace(path)
+            writer.write(image)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close(audio, audio_start_s)
 
 
 @dataclass
@@ -349,3 +387,94 @@ def is_grayscale(frames: np.ndarray, tolerance: float = 2.0) -> bool:
     sample = frames[:: max(1, len(frames) // 8)].astype(np.int16)
     spread = np.abs(sample[..., 0] - sample[..., 1]).mean() + np.abs(sample[..., 1] - sample[..., 2]).mean()
     return float(spread) / 2.0 < tolerance
+
+
+class FrameReader:
+    """Source frames by index (0 = the first decoded frame), decoded on demand with bounded memory:
+    reading forward continues the open decoder; reading back seeks to the keyframe before and decodes
+    forward from there. For a constant-frame-rate video (`probe` checks), index i shows time
+    video_start_s + i / fps."""
+
+    def __init__(self, path: str | Path, info: VideoInfo, num_threads: int = 0) -> None:
+        self.path = Path(path)
+        self.info = info
+        self.num_threads = num_threads
+        self._container = None
+        self._frames = None
+        self._next = 0  # index of the frame the open decoder yields next
+
+    def _open_at(self, index: int) -> None:
+        self.close()
+        self._container = _open(self.path)
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self.num_threads:
+            stream.codec_context.thread_count = self.num_threads
+        self._next = 0
+        if index > 0:
+            target = self.info.video_start_s + index / self.info.fps
+            self._container.seek(int(target / stream.time_base), stream=stream, backward=True)
+        self._frames = self._container.decode(stream)
+
+    def _index_of(self, frame: av.VideoFrame) -> int:
+        time = float(frame.pts * frame.time_base) - self.info.video_start_s
+        return int(round(time * self.info.fps))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, H, W, 3) uint8 RGB frames start..stop-1 (clamped to the video's frames)."""
+        stop = min(stop, self.info.num_frames)
+        if start >= stop:
+            raise ValueError(f"{self.path}: no frames in [{start}, {stop}) of {self.info.num_frames}")
+        if self._frames is None or start < self._next:
+            self._open_at(start)
+        out: list[np.ndarray] = []
+        try:
+            for frame in self._frames:
+                index = self._index_of(frame) if frame.pts is not None else self._next
+                self._next = index + 1
+                if index < start:
+                    continue
+                out.append(frame.to_ndarray(format="rgb24"))
+                if index + 1 >= stop:
+                    break
+        except _DECODE_ERRORS as error:
+            raise ClipRejected("corrupt", f"{self.path}: frame decoding failed ({error})") from error
+        while out and len(out) < stop - start:  # a stream that ends early shows its last frame
+            out.append(out[-1])
+        if not out:
+            raise ClipRejected("corrupt", f"{self.path}: frames {start}-{stop} did not decode")
+        return np.stack(out)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames = None, None
+
+
+def load_speech(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The whole first audio stream of any file PyAV opens (wav at any rate, mp3, m4a, flac, the audio
+    track of a video), as mono float32 in [-1, 1] at `sample_rate`. ClipRejected: 'missing',
+    'empty_file', 'not_a_video' (not a media file), 'no_audio', 'corrupt'."""
+    path = Path(path)
+    if not path.exists():
+        raise ClipRejected("missing", f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise ClipRejected("empty_file", f"{path} has zero bytes")
+    try:
+        container = av.open(str(path))
+    except _DECODE_ERRORS as error:
+        raise ClipRejected("not_a_media_file", f"{path}: no audio or video container ({error})") from error
+    chunks = []
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+    with container:
+        if not container.streams.audio:
+            raise ClipRejected("no_audio", f"{path} has no audio stream")
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+        except _DECODE_ERRORS as error:
+            raise ClipRejected("corrupt", f"{path}: audio decoding failed ({error})") from error
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise ClipRejected("no_audio", f"{path}: its audio stream holds no samples")
+    return np.concatenate(chunks).astype(np.float32) / 32768.0

@@ -1,0 +1,395 @@
+"""`python run.py task=eval`: dubbing models and stage-1 checkpoints scored on a test split, over every
+frame of every clip, in the layouts of the main paper's Table 1 and Table 3 (METHOD.md 1.5).
+
+Table 1 (one row per model of `eval.models`: the suite's pipeline, the Wav2Lip-architecture peer, ...):
+every test clip is re-dubbed with its own speech (self-reconstruction, as the paper's Table 1), through
+the very code `task=dub` runs (lightning_modules/dubbing.py), and the crop the viewer would see -- the
+generated crop pasted into the ground-truth crop through the paste-back weights of lightning_modules/
+dub.py -- is scored against the ground truth: PSNR, SSIM, LPIPS and FID (where their weights are in
+`paths.weights_dir`), LMD (dlib), CSIM (dlib's identity embedding, or ArcFace), LSE-D / LSE-C
+(syncnet_python's protocol, with the official SyncNet v2 when `eval.syncnet_v2` exists, else the suite's
+own expert, which the table then names: those numbers are not comparable with the paper's), and the
+mouth's frame-to-frame change against the source's (the paper's stated limitation: flicker).
+Each clip is also dubbed with another test clip's speech ("cross" rows: only Sync and stability have a
+meaning there), and the ground truth's own Sync is given beside them.
+
+Table 3 (one row per checkpoint of `eval.a2e_checkpoints`): AED, LMD of the projected landmarks (all and
+mouth), Sync of faces rendered with the predicted expressions, and the mean-expression baseline.
+
+Written into the run directory: table1.md / .csv, table1_per_clip.csv, table3.md / .csv, eval.json; the
+tables also go to the configured loggers (a W&B table).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from datamodules.audio import mel_windows
+from datamodules.datasets import ClipDataset, ViewOptions, mfcc_windows
+from datamodules.shards import decode_images
+from face3d import expression_of
+from lightning_modules.dub import paste_weights
+from lightning_modules.dubbing import DubbedTrack, FaceTrack, Speech, build_dubber, load_trained_module
+from lightning_modules.metrics import (
+    CSIM,
+    MOUTH_LANDMARKS,
+    ImageLandmarkDistance,
+    LipSyncMetric,
+    TemporalStability,
+    average_expression_distance,
+    fid_metric,
+    landmark_distance,
+    lpips_metric,
+    syncnet_python_crop,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE1_COLUMNS = ("PSNR", "SSIM", "LPIPS", "FID", "LMD", "CSIM", "LSE-D", "LSE-C", "mouth change / source")
+TABLE3_COLUMNS = ("AED", "LMD", "LMD mouth", "Sync")
+
+
+# --- test clips ----------------------------------------------------------------------------------------
+
+
+def test_clips(shard_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every clip of a split's shard dir, whole, in storage order."""
+    dataset = ClipDataset(str(shard_dir), ViewOptions(), vary_per_epoch=False)
+    for index in range(len(dataset)):
+        yield dataset.clip_at(index)
+
+
+def clip_track(clip: dict[str, Any]) -> tuple[FaceTrack, Speech]:
+    """A test clip as a face track on its own 25 fps clock, and its speech."""
+    frames = decode_images(clip["frames"], clip["frame_offsets"], range(clip["num_frames"]))
+    albedo = clip["albedo"] if len(clip["albedo"]) else None
+    track = FaceTrack(
+        crops=frames,
+        landmarks=clip["landmarks"],
+        coeffs=clip["coeffs"],
+        albedo=albedo,
+        times=np.arange(clip["num_frames"]) / 25.0,
+    )
+    return track, Speech.from_wave(clip["audio"])
+
+
+def speech_for(speech: Speech, num_frames: int) -> Speech:
+    """Another clip's speech cut or silence-padded to `num_frames` frames (the cross-dubbing setting)."""
+    samples = num_frames * 640
+    wave = np.pad(speech.wave[:samples], (0, max(0, samples - len(speech.wave))))
+    return Speech.from_wave(wave)
+
+
+def _images(frames: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def composite(track: FaceTrack, result: DubbedTrack, feather: float) -> tuple[Tensor, Tensor]:
+    """What a dubbed video shows in the crop: the generated crop blended into the ground-truth crop by the
+    paste-back weights of `task=dub`, at the ground truth's size. Returns (images (T, 3, S, S) in [0, 1],
+    the weights (T, 1, S, S): the region whose change is measured)."""
+    size = track.crops.shape[1]
+    scale = result.images.shape[-1] / size
+    weights = []
+    for k in range(len(track)):
+        sets = [track.landmarks[k] * scale]
+        if result.landmarks is not None:
+            sets.append(result.landmarks[k].numpy())
+        weights.append(torch.from_numpy(paste_weights(result.mouth_mask[k, 0].numpy(), sets, feather)))
+    weights = F.interpolate(torch.stack(weights)[:, None], size=(size, size), mode="bilinear")
+    generated = F.interpolate(result.images, size=(size, size), mode="bilinear", antialias=True)
+    return (weights * generated + (1 - weights) * _images(track.crops)).clamp(0, 1), weights
+
+
+def _uint8(images: Tensor) -> np.ndarray:
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+# --- Sync ----------------------------------------------------------------------------------------------
+
+
+def sync_metric(cfg: DictConfig) -> LipSyncMetric | None:
+    """LSE-D / LSE-C: the official SyncNet v2 (`eval.syncnet_v2`) when it exists, else the suite's expert
+    (`eval.syncnet_checkpoint`); None, with a warning naming both files, when neither does."""
+    from lightning_modules.networks.syncnet import load_syncnet
+    from lightning_modules.networks.syncnet_v2 import load_syncnet_v2
+
+    official, suite = cfg.eval.get("syncnet_v2"), cfg.eval.get("syncnet_checkpoint")
+    if official and Path(official).is_file():
+        return LipSyncMetric(load_syncnet_v2(official), source=str(official))
+    if suite and Path(suite).is_file():
+        return LipSyncMetric(load_syncnet(suite), source=str(suite))
+    log.warning(
+        "Sync columns are empty: neither %s (official SyncNet v2) nor %s (the suite's expert) exists",
+        official,
+        suite,
+    )
+    return None
+
+
+def update_sync(metric: LipSyncMetric, track: FaceTrack, frames: np.ndarray, wave: np.ndarray) -> None:
+    """One clip into the Sync metric, cropped as its network expects."""
+    from lightning_modules.networks.syncnet_v2 import SyncNetV2
+
+    if isinstance(metric._network, SyncNetV2):
+        low, high = track.landmarks.min(axis=1), track.landmarks.max(axis=1)
+        frames = syncnet_python_crop(frames, np.concatenate([low, high], axis=1))
+    metric.update(frames, wave)
+
+
+# --- Table 1 -------------------------------------------------------------------------------------------
+
+
+class RowScores:
+    """The Table 1 metrics of one row, accumulated over clips (torchmetrics: exact over the split)."""
+
+    def __init__(self, cfg: DictConfig, sync: LipSyncMetric | None, with_images: bool) -> None:
+        weights_dir = cfg.paths.weights_dir
+        self.with_images = with_images
+        self.images = {}
+        if with_images:
+            self.images = {
+                "PSNR": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+                "SSIM": StructuralSimilarityIndexMeasure(data_range=1.0),
+                "LMD": ImageLandmarkDistance(),
+                "CSIM": CSIM(backend=str(cfg.eval.csim_backend), weights_dir=weights_dir),
+            }
+            lpips = lpips_metric(weights_dir)
+            if lpips is not None:
+                self.images["LPIPS"] = lpips
+            fid = fid_metric(weights_dir)
+            if fid is not None:
+                self.images["FID"] = fid
+        self.sync = None if sync is None else sync.clone()
+        self.stability = TemporalStability()
+
+    def update(self, track: FaceTrack, output: Tensor, mask: Tensor, wave: np.ndarray) -> dict[str, float]:
+        """One clip; returns its own values (the per-clip CSV)."""
+        truth = _images(track.crops)
+        clip: dict[str, float] = {}
+        if self.with_images:
+            boxes = torch.from_numpy(np.concatenate([track.landmarks.min(1), track.landmarks.max(1)], 1))
+            for name, metric in self.images.items():
+                single = metric.clone()
+                single.reset()
+                for part in (single, metric):
+                    if name == "LMD":
+                        part.update(output, truth, torch.from_numpy(track.landmarks))
+                    elif name == "CSIM":
+                        part.update(output, truth, boxes)
+                    elif name == "FID":
+                        part.update((truth * 255).to(torch.uint8), real=True)
+                        part.update((output * 255).round().to(torch.uint8), real=False)
+                    else:
+                        part.update(output, truth)
+                if name != "FID":
+                    clip[name] = float(single.compute())
+        if self.sync is not None:
+            single = self.sync.clone()
+            single.reset()
+            for part in (single, self.sync):
+                update_sync(part, track, _uint8(output), wave)
+            values = single.compute()
+            clip["LSE-D"], clip["LSE-C"] = float(values["lse_d"]), float(values["lse_c"])
+        single = TemporalStability()
+        for part in (single, self.stability):
+            part.update(output, truth, mask)
+        clip["mouth change / source"] = float(single.compute()["ratio"])
+        return clip
+
+    def compute(self) -> dict[str, float]:
+        out = {}
+        for name, metric in self.images.items():
+            out[name] = float(metric.compute())
+        if self.sync is not None:
+            values = self.sync.compute()
+            out["LSE-D"], out["LSE-C"] = float(values["lse_d"]), float(values["lse_c"])
+        out["mouth change / source"] = float(self.stability.compute()["ratio"])
+        return out
+
+
+def evaluate_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """Table 1's rows and the per-clip rows; the name of the Sync network."""
+    shard_dir = Path(cfg.data.shard_dir) / str(cfg.eval.split)
+    clips = list(test_clips(shard_dir))
+    if not clips:
+        raise FileNotFoundError(f"no clips in {shard_dir}: preprocess the corpus first (task=preprocess)")
+    sync = sync_metric(cfg)
+    feather = float(cfg.dub.feather)
+    rows, per_clip = [], []
+    truth_row = RowScores(cfg, sync, with_images=False)
+    tracks = [clip_track(clip) for clip in clips]
+    if sync is not None:
+        for track, speech in tracks:
+            update_sync(truth_row.sync, track, track.crops, speech.wave)
+    truth_values = {"LSE-D": math.nan, "LSE-C": math.nan}
+    if sync is not None:
+        values = truth_row.sync.compute()
+        truth_values = {"LSE-D": float(values["lse_d"]), "LSE-C": float(values["lse_c"])}
+    rows.append({"model": "ground truth", "setting": "real frames", **truth_values})
+    for name, node in cfg.eval.models.items():
+        dubber = build_dubber(node, str(cfg.dub.device))
+        own, cross = RowScores(cfg, sync, with_images=True), RowScores(cfg, sync, with_images=False)
+        for index, (clip, (track, speech)) in enumerate(zip(clips, tracks)):
+            output, mask = composite(track, dubber.dub(track, speech), feather)
+            values = own.update(track, output, mask, speech.wave)
+            per_clip.append({"model": name, "setting": "own speech", "clip_id": clip["clip_id"], **values})
+            other = tracks[(index + 1) % len(tracks)][1]
+            driving = speech_for(other, len(track))
+            output, mask = composite(track, dubber.dub(track, driving), feather)
+            values = cross.update(track, output, mask, driving.wave)
+            per_clip.append({"model": name, "setting": "other speech", "clip_id": clip["clip_id"], **values})
+            log.info("eval %s: clip %d/%d %s", name, index + 1, len(clips), clip["clip_id"])
+        rows.append({"model": name, "setting": "own speech", **own.compute()})
+        rows.append({"model": name, "setting": "other speech", **cross.compute()})
+    return rows, per_clip, sync.network_name if sync is not None else "none"
+
+
+# --- Table 3 -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_a2e(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Table 3's rows: each stage-1 checkpoint on every frame of the test clips (whole clips)."""
+    from lightning_modules.networks.syncnet import load_syncnet
+
+    rows = []
+    shard_dir = Path(cfg.data.shard_dir) / str(cfg.eval.split)
+    suite_syncnet = cfg.eval.get("syncnet_checkpoint")
+    syncnet = load_syncnet(suite_syncnet) if suite_syncnet and Path(suite_syncnet).is_file() else None
+    for name, checkpoint in cfg.eval.a2e_checkpoints.items():
+        module, run_cfg = load_trained_module(checkpoint)
+        if getattr(module.net, "use_semantic", False):
+            log.warning("Table 3 row %s reads semantic images: evaluate it with task=test instead", name)
+            continue
+        if syncnet is not None:
+            module.syncnet, module.sync_camera = (
+                syncnet,
+                module.camera.resized(module.hparams.sync_image_size),
+            )
+        sums = {key: 0.0 for key in ("AED", "LMD", "LMD mouth", "Sync", "AED mean", "LMD mean")}
+        frames = 0
+        mean = module.train_expression_sum / module.train_expression_count.clamp(min=1)
+        for clip in test_clips(shard_dir):
+            count = clip["num_frames"]
+            mfcc = torch.from_numpy(
+                mfcc_windows(clip["mfcc"], np.arange(count), int(run_cfg.data.mfcc_window))
+            )
+            coeffs = torch.from_numpy(clip["coeffs"])[None]
+            prediction = module.net(mfcc[None], None)
+            target = expression_of(coeffs)
+            predicted_points = module.project_landmarks(coeffs, prediction)
+            true_points = module.project_landmarks(coeffs, target)
+            mean_points = module.project_landmarks(coeffs, mean.expand_as(target))
+            sums["AED"] += float(average_expression_distance(prediction, target)) * count
+            sums["LMD"] += float(landmark_distance(predicted_points, true_points)) * count
+            sums["LMD mouth"] += (
+                float(landmark_distance(predicted_points, true_points, MOUTH_LANDMARKS)) * count
+            )
+            sums["AED mean"] += float(average_expression_distance(mean.expand_as(target), target)) * count
+            sums["LMD mean"] += float(landmark_distance(mean_points, true_points)) * count
+            if syncnet is not None:
+                mel = torch.from_numpy(mel_windows(clip["mel"], np.arange(count)))[None]
+                albedo = torch.from_numpy(clip["albedo"])[None] if len(clip["albedo"]) else None
+                sums["Sync"] += float(module.sync_score(coeffs, prediction, mel, albedo)) * count
+            frames += count
+        row = {"model": name, **{key: value / frames for key, value in sums.items() if key in TABLE3_COLUMNS}}
+        if syncnet is None:
+            row["Sync"] = math.nan
+        rows.append(row)
+        rows.append(
+            {
+                "model": f"{name}: mean-expression baseline",
+                "AED": sums["AED mean"] / frames,
+                "LMD": sums["LMD mean"] / frames,
+            }
+        )
+    return rows
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4g}")
+    return "—" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_table(path: Path, rows: list[dict[str, Any]], keys: list[str], note: str) -> str:
+    """`path`.md (with `note` under it) and `path`.csv; returns the Markdown."""
+    text = markdown_table(rows, keys) + f"\n\n{note}\n"
+    path.with_suffix(".md").write_text(text)
+    with open(path.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return text
+
+
+def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], list[str]]]) -> None:
+    """Each table as a W&B table (and whatever the other configured loggers do with a table)."""
+    from lightning_modules.training import _finish_wandb, instantiate_group
+
+    loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            for key, (rows, keys) in tables.items():
+                logger.log_table(
+                    key=key, columns=list(keys), data=[[_cell(r.get(k)) for k in keys] for r in rows]
+                )
+    _finish_wandb(False)
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """`task=eval`: Table 1 for `eval.models`, Table 3 for `eval.a2e_checkpoints`, into the run dir."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    tables = {}
+    if cfg.eval.models:
+        rows, per_clip, sync_name = evaluate_models(cfg)
+        keys = ["model", "setting", *TABLE1_COLUMNS]
+        note = (
+            f"Every frame of the {cfg.eval.split} split ({cfg.data.shard_dir}). Sync: {sync_name}. "
+            "'own speech': each clip re-dubbed with its own audio, scored against its frames; "
+            "'other speech': dubbed with the next test clip's audio (only Sync and the mouth change mean "
+            "anything there). Mouth change / source: the generated mouth's mean frame-to-frame change over "
+            "that of the real frames."
+        )
+        text = write_table(out_dir / "table1", rows, keys, note)
+        write_table(
+            out_dir / "table1_per_clip", per_clip, ["model", "setting", "clip_id", *TABLE1_COLUMNS], ""
+        )
+        print(f"\nTable 1 layout ({out_dir / 'table1.md'}):\n{text}")
+        result["table1"], result["sync_network"] = rows, sync_name
+        tables["eval/table1"] = (rows, keys)
+    if cfg.eval.a2e_checkpoints:
+        rows = evaluate_a2e(cfg)
+        keys = ["model", *TABLE3_COLUMNS]
+        text = write_table(out_dir / "table3", rows, keys, f"Every frame of the {cfg.eval.split} split.")
+        print(f"\nTable 3 layout ({out_dir / 'table3.md'}):\n{text}")
+        result["table3"] = rows
+        tables["eval/table3"] = (rows, keys)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=1, default=float))
+    _log_tables(cfg, tables)
+    return result
