@@ -1,0 +1,538 @@
+"""Playmate's motion DiT and emotion controller (lightning_modules/motion.py, diffusion.py,
+networks/motion_dit.py, networks/emotion_control.py): shapes, the noise schedule, classifier-free
+guidance, windowed long sequences, the wav2vec2 option, and the two stages through `run_task`."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import face3d
+from lightning_modules.diffusion import (
+    noise_scheduler,
+    padded_length,
+    sample,
+    sample_long,
+    sampling_scheduler,
+    training_target,
+    window_starts,
+)
+from lightning_modules.motion import (
+    MOTION_DIM,
+    EmotionControlModule,
+    MotionDiffusionModule,
+    MotionNormalizer,
+    expression_moments,
+    mouth_opening,
+    pose_of,
+    temporal_correlation,
+)
+from lightning_modules.networks.emotion_control import EmotionController
+from lightning_modules.networks.motion_dit import MotionDiT
+
+TINY_DIT = dict(
+    model_dim=32, depth=2, heads=2, audio_feature_dim=16, audio_channels=(4, 8), audio_hidden_dim=16
+)
+TINY_SAMPLING = dict(window_frames=12, overlap_frames=4, steps=4)
+QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=csv"]
+# The tiny corpus's clips are 30 frames: windows of 16 (eval: whole clips, so sampling joins windows).
+TINY_RUN = [
+    "data.window_frames=16",
+    "data.batch_size=2",
+    "data.examples_per_clip=1",
+    "model.net.model_dim=32",
+    "model.net.depth=2",
+    "model.net.heads=2",
+    "model.net.audio_feature_dim=16",
+    "model.net.audio_channels=[4,8]",
+    "model.net.audio_hidden_dim=16",
+    "model.sampling.steps=3",
+    "model.sampling.overlap_frames=4",
+    "model.validation.steps=3",
+]
+
+
+@pytest.fixture(scope="module")
+def face_model() -> face3d.MorphableModel:
+    return face3d.build_face_model("procedural")
+
+
+def window_batch(batch: int, length: int, seed: int = 0, emotion: list[int] | None = None) -> dict:
+    """A `view: window` batch of random content with the documented shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    coeffs = torch.randn(batch, length, 257, generator=gen) * 0.3
+    coeffs[:, :, :80] = coeffs[:, :1, :80]  # one identity per clip
+    coeffs[..., 224:227] *= 0.1
+    coeffs[..., 254:257] *= 0.05
+    out = {
+        "mfcc": torch.randn(batch, length, 1, 13, 28, generator=gen),
+        "mel": torch.rand(batch, length, 80, 16, generator=gen) * 8 - 4,
+        "coeffs": coeffs,
+        "audio": torch.rand(batch, 640 * length, generator=gen) * 0.2 - 0.1,
+        "albedo": torch.zeros(batch, 0, 3),
+        "clip_id": [f"clip{i}" for i in range(batch)],
+        "start": torch.zeros(batch, dtype=torch.long),
+    }
+    if emotion is not None:
+        out["emotion"] = torch.tensor(emotion)
+        out["emotion_level"] = torch.where(out["emotion"] >= 0, 2, 0)
+    return out
+
+
+def randomise_zero_layers(module: nn.Module, seed: int = 0) -> None:
+    """Give the zero-initialised layers (adaLN-Zero gates, output, the controller's fusion) random
+    weights, so that every input reaches the output of an untrained network."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.abs().sum() == 0:
+                parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.1)
+
+
+def tiny_module(face_model, emotion: bool = False, **kwargs) -> MotionDiffusionModule:
+    torch.manual_seed(0)
+    common = dict(
+        net=MotionDiT(**TINY_DIT, **kwargs),
+        face_model=face_model,
+        optimizer=partial(torch.optim.AdamW, lr=1e-3),
+        sampling={**TINY_SAMPLING, "emotion_guidance": 1.0 if emotion else 0.0},
+        motion_prefix={"max_frames": 4},
+    )
+    if emotion:
+        return EmotionControlModule(
+            controller=EmotionController(model_dim=32, hidden_dim=16, depth=1, heads=2), **common
+        )
+    return MotionDiffusionModule(**common)
+
+
+# --- the networks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("audio_encoder", ["mfcc", "mel"])
+def test_dit_shapes_and_every_parameter_reached(audio_encoder: str) -> None:
+    torch.manual_seed(0)
+    net = MotionDiT(**TINY_DIT, audio_encoder=audio_encoder)
+    randomise_zero_layers(net)
+    batch = window_batch(4, 10)
+    audio = net.encode_audio(batch[net.audio_input], 10)
+    assert audio.shape == (4, 10, 16)
+    prefix_mask = torch.arange(10)[None] < torch.tensor([0, 3, 0, 5])[:, None]
+    out = net(
+        torch.randn(4, 10, MOTION_DIM),
+        torch.tensor([0, 10, 500, 999]),
+        audio,
+        torch.randn(4, 80),
+        drop_audio=torch.tensor([True, False, False, True]),
+        drop_identity=torch.tensor([False, True, False, False]),
+        prefix=torch.randn(4, 10, MOTION_DIM),
+        prefix_mask=prefix_mask,
+        audio_residual=torch.randn(4, 10, 32),
+    )
+    assert out.shape == (4, 10, MOTION_DIM)
+    out.square().mean().backward()
+    for name, parameter in net.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_zero_initialisation_dit_outputs_zero_and_controller_adds_nothing(face_model) -> None:
+    """adaLN-Zero: the untrained DiT predicts exactly 0; the controller's residual starts at exactly 0,
+    so the emotion stage starts from the stage-1 model's output, whatever the emotion."""
+    torch.manual_seed(0)
+    net = MotionDiT(**TINY_DIT)
+    batch = window_batch(2, 8)
+    out = net(torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), net.encode_audio(batch["mfcc"], 8), None)
+    assert torch.equal(out, torch.zeros_like(out))
+    controller = EmotionController(model_dim=32, hidden_dim=16, depth=1, heads=2)
+    residual = controller(torch.randn(2, 8, 32), torch.tensor([3, -1]), torch.tensor([2, 0]))
+    assert residual.shape == (2, 8, 32) and torch.equal(residual, torch.zeros_like(residual))
+    module = tiny_module(face_model, emotion=True)
+    randomise_zero_layers(module.net)
+    args = (torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), module.net.encode_audio(batch["mfcc"], 8))
+    identity = torch.randn(2, 80)
+    torch.testing.assert_close(
+        module.model_output(*args, identity, emotion=torch.tensor([5, 1]), level=torch.tensor([3, 1])),
+        module.net(*args, identity),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_emotion_embedding_null_for_unknown_and_levels_differ() -> None:
+    controller = EmotionController(model_dim=8, hidden_dim=8, depth=1, heads=2)
+    null = controller.embed(torch.tensor([-1]), torch.tensor([0]), 1)
+    torch.testing.assert_close(controller.embed(None, None, 1), null)
+    torch.testing.assert_close(controller.embed(torch.tensor([-1]), torch.tensor([3]), 1), null)
+    assert not torch.allclose(controller.embed(torch.tensor([2]), torch.tensor([1]), 1), null)
+    assert not torch.allclose(
+        controller.embed(torch.tensor([2]), torch.tensor([1]), 1),
+        controller.embed(torch.tensor([2]), torch.tensor([3]), 1),
+    )
+    with pytest.raises(ValueError, match="emotion labels"):
+        controller.embed(torch.tensor([8]), None, 1)
+
+
+# --- the representation ---------------------------------------------------------------------------------
+
+
+def test_normalizer_statistics_and_round_trip() -> None:
+    gen = torch.Generator().manual_seed(0)
+    clips = [np.asarray(torch.randn(n, 257, generator=gen) * 0.5 + 0.2) for n in (7, 11)]
+    normalizer = MotionNormalizer()
+    assert not normalizer.fitted
+    normalizer.fit(*expression_moments(clips))
+    expressions = np.concatenate([c[:, 80:144] for c in clips])
+    np.testing.assert_allclose(normalizer.expression_mean.numpy(), expressions.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normalizer.expression_std.numpy(), expressions.std(0), rtol=1e-4)
+    assert int(normalizer.expression_count) == 18
+    state = normalizer.state_dict()  # stored with the checkpoint
+    assert {"expression_mean", "expression_std", "expression_count"} <= set(state)
+
+    coeffs = window_batch(3, 9)["coeffs"]
+    motion = normalizer.encode(coeffs)
+    assert motion.shape == (3, 9, MOTION_DIM)
+    pose = motion[..., 64:]  # per sequence: zero mean, unit std over its frames
+    torch.testing.assert_close(pose.mean(1), torch.zeros(3, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pose.std(1, unbiased=False), torch.ones(3, 6), atol=1e-4, rtol=0)
+    back = normalizer.to_coeffs(motion, coeffs)
+    torch.testing.assert_close(face3d.expression_of(back), face3d.expression_of(coeffs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pose_of(back), pose_of(coeffs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(back[..., :80], coeffs[..., :80])
+
+
+def test_mouth_opening_follows_the_jaw_and_correlation(face_model) -> None:
+    """The inner-lip gap grows with the procedural model's jaw_open component; a signal correlates 1 with
+    itself, -1 with its negative, and a constant one is NaN (skipped by validation)."""
+    from face3d.procedural import EXPRESSION_NAMES
+
+    coeffs = torch.zeros(1, 5, 257)
+    coeffs[..., 254:257] = torch.tensor([0.0, 0.0, -2.0])
+    jaw = 80 + list(EXPRESSION_NAMES).index("jaw_open")
+    coeffs[0, :, jaw] = torch.linspace(0, 1.5, 5)
+    opening = mouth_opening(face_model, face_model.camera, coeffs)
+    assert opening.shape == (1, 5) and (opening.diff(dim=1) > 0).all(), opening
+    signal = torch.randn(2, 20)
+    torch.testing.assert_close(temporal_correlation(signal, signal), torch.ones(2))
+    torch.testing.assert_close(temporal_correlation(signal, -signal), -torch.ones(2))
+    assert torch.isnan(temporal_correlation(signal, torch.ones(2, 20))).all()
+
+
+# --- the noise schedule and sampling --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_noise_schedule_round_trip(prediction_type: str, sampler: str) -> None:
+    """x_t from x_0 and the true noise, then the sampler's own x_0 estimate from the true target, gives
+    x_0 back."""
+    train = noise_scheduler(prediction_type=prediction_type)
+    scheduler = sampling_scheduler(train, sampler, steps=20)
+    gen = torch.Generator().manual_seed(0)
+    # In float64; the schedule itself is float32 (diffusers), and x_0 from the noise divides by sqrt(abar)
+    # (5e-5 at t = 999): the tolerance grows with 1 / sqrt(abar), the ill-conditioning v-prediction avoids.
+    x0 = torch.randn(2, 12, MOTION_DIM, generator=gen, dtype=torch.float64)
+    # The timesteps the sampler visits (20 of them, 999 down to 49), the noisiest ones included.
+    for t in scheduler.timesteps.tolist():
+        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        timesteps = torch.full((2,), t)
+        x_t = train.add_noise(x0, noise, timesteps)
+        target = training_target(train, x0, noise, timesteps)
+        recovered = scheduler.step(target, t, x_t, generator=gen).pred_original_sample
+        tolerance = 1e-6 + 1e-8 / float(train.alphas_cumprod[t]) ** 0.5
+        torch.testing.assert_close(recovered, x0, atol=tolerance, rtol=0, msg=f"t={t}")
+    if prediction_type == "epsilon":
+        assert torch.equal(training_target(train, x0, noise, timesteps), noise)
+
+
+def test_guidance_with_zero_weights_is_the_unconditional_model(face_model) -> None:
+    """w_a = w_e = 0: exactly the unconditional output, and a sample that ignores the audio; w_a = 1: the
+    audio-conditioned output; w_a = w_e = 1: the fully conditioned one (emotion stage)."""
+    module = tiny_module(face_model).eval()
+    randomise_zero_layers(module.net)
+    batch = window_batch(2, 12)
+    audio = module.net.encode_audio(batch["mfcc"], 12)
+    identity = torch.randn(2, 80)
+    x_t, t = torch.randn(2, 12, MOTION_DIM), torch.tensor(400)
+    unconditional = module.model_output(x_t, t, None, identity)
+    conditional = module.model_output(x_t, t, audio, identity)
+    assert not torch.allclose(unconditional, conditional, atol=1e-4), "the audio must matter"
+    guided = module.guided_output(x_t, t, audio, identity, audio_weight=0.0, emotion_weight=0.0)
+    assert torch.equal(guided, unconditional)
+    torch.testing.assert_close(module.guided_output(x_t, t, audio, identity, audio_weight=1.0), conditional)
+    torch.testing.assert_close(
+        module.guided_output(x_t, t, audio, identity, audio_weight=3.0),
+        unconditional + 3.0 * (conditional - unconditional),
+    )
+    other = window_batch(2, 30, seed=5)["mfcc"]
+    samples = [
+        module.generate(mfcc, identity, 30, generator=torch.Generator().manual_seed(3), audio_guidance=0.0)
+        for mfcc in (window_batch(2, 30)["mfcc"], other)
+    ]
+    assert torch.equal(samples[0], samples[1])
+    guided_sample = module.generate(other, identity, 30, generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(guided_sample, samples[1], atol=1e-4)
+
+    emotional = tiny_module(face_model, emotion=True).eval()
+    randomise_zero_layers(emotional)
+    audio = emotional.net.encode_audio(batch["mfcc"], 12)
+    emotion, level = torch.tensor([5, 1]), torch.tensor([3, 2])
+    assert torch.equal(
+        emotional.guided_output(x_t, t, audio, identity, None, None, emotion, level, 0.0, 0.0),
+        emotional.net(x_t, t, None, identity),
+    )
+    full = emotional.model_output(x_t, t, audio, identity, emotion=emotion, level=level)
+    assert not torch.allclose(full, emotional.model_output(x_t, t, audio, identity), atol=1e-4)
+    torch.testing.assert_close(
+        emotional.guided_output(x_t, t, audio, identity, None, None, emotion, level, 1.0, 1.0),
+        full,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_predict_step_generates_whole_clips(face_model) -> None:
+    """`task=predict`'s step: a 30-frame clip generated in three windows, as coefficients that keep the
+    clip's identity, texture and light and move the expression and pose; seeded, so repeatable."""
+    module = tiny_module(face_model).eval()
+    randomise_zero_layers(module.net)
+    batch = window_batch(1, 30)
+    out = module.predict_step(batch, 0)
+    assert out["coeffs"].shape == (1, 30, 257) and out["expression"].shape == (1, 30, 64)
+    torch.testing.assert_close(out["coeffs"][..., :80], batch["coeffs"][..., :80])
+    torch.testing.assert_close(
+        out["coeffs"][..., 144:224], batch["coeffs"][:, :1, 144:224].expand(-1, 30, -1)
+    )
+    assert not torch.allclose(out["expression"], face3d.expression_of(batch["coeffs"]))
+    assert torch.equal(out["coeffs"], module.predict_step(batch, 0)["coeffs"])
+    assert out["coeffs_true"] is batch["coeffs"]
+
+
+def test_the_dit_alone_refuses_emotion_guidance(face_model) -> None:
+    with pytest.raises(ValueError, match="emotion_guidance"):
+        MotionDiffusionModule(
+            net=MotionDiT(**TINY_DIT),
+            face_model=face_model,
+            optimizer=partial(torch.optim.AdamW),
+            sampling={"emotion_guidance": 1.0},
+        )
+
+
+def test_window_plan() -> None:
+    assert window_starts(50, 50, 10) == [0]
+    assert window_starts(30, 50, 10) == [0]
+    assert window_starts(75, 50, 10) == [0, 40]
+    assert padded_length(75, 50, 10) == 90
+    assert window_starts(60, 24, 6) == [0, 18, 36] and padded_length(60, 24, 6) == 60
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(60, 10, 10)
+
+
+def gp_covariance(length: int, scale: float) -> torch.Tensor:
+    i = torch.arange(length, dtype=torch.float64)
+    return torch.exp(-((i[:, None] - i[None]) ** 2) / (2 * scale**2)) + 1e-6 * torch.eye(
+        length, dtype=torch.float64
+    )
+
+
+def gp_denoiser(train, scale: float, use_prefix: bool):
+    """The exact noise prediction for data drawn from a Gaussian process over frames (a squared-exponential
+    kernel of `scale` frames, the dims independent): the best any trained network can do. With `use_prefix`
+    it conditions on the clean prefix frames as the trained DiT does; without, it sees x_t alone."""
+
+    def denoise(x, t, prefix, mask, start=0):
+        alpha = train.alphas_cumprod[int(t)].double()
+        s, length = alpha.sqrt(), x.shape[1]
+        k = gp_covariance(length, scale)
+        known = mask[0] if use_prefix else torch.zeros(length, dtype=torch.bool)
+        # Observations: the clean prefix, and s x_0 + sqrt(1 - alpha) eps elsewhere.
+        gain = torch.where(known, 1.0, s).double()
+        cov_y = gain[:, None] * k * gain[None] + torch.diag(torch.where(known, 0.0, 1 - alpha)).double()
+        cov_xy = k * gain[None]
+        y = torch.where(known[None, :, None], prefix, x).double()
+        x0 = torch.einsum("ij,bjd->bid", cov_xy @ torch.linalg.inv(cov_y + 1e-9 * torch.eye(length)), y)
+        return ((x.double() - s * x0) / (1 - alpha).sqrt()).float()
+
+    return denoise
+
+
+def join_profile(sequence: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (T - 1,): mean absolute frame-to-frame step at each position."""
+    return sequence.diff(dim=1).abs().mean(dim=(0, 2))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_long_sequences_join_without_a_jump(sampler: str) -> None:
+    """Three windows of 24 frames overlapping by 6, with the exact denoiser of a smooth Gaussian-process
+    motion that conditions on the prefix as the DiT is trained to: at the joins the mean frame-to-frame
+    step is no larger than within a window (within 15%). The measure sees a seam where there is one: with
+    the prefix only written into x_t (a denoiser that ignores it, plain RePaint replacement) the joins
+    step noticeably more, and independently sampled windows jump."""
+    train = noise_scheduler()
+    scheduler = sampling_scheduler(train, sampler, steps=30)
+    window, overlap, length, scale, batch = 24, 6, 60, 4.0, 96
+    joins = [s + overlap for s in window_starts(length, window, overlap)[1:]]  # first frames of new windows
+
+    def long(use_prefix: bool) -> torch.Tensor:
+        return sample_long(
+            gp_denoiser(train, scale, use_prefix),
+            scheduler,
+            batch=batch,
+            num_frames=length,
+            dim=4,
+            window=window,
+            overlap=overlap,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    conditioned, replaced = long(True), long(False)
+    assert conditioned.shape == (batch, length, 4)
+    gen = torch.Generator().manual_seed(1)
+    independent = torch.cat(
+        [sample(gp_denoiser(train, scale, False), scheduler, (batch, 20, 4), gen) for _ in range(3)], dim=1
+    )
+    profile = join_profile(conditioned)
+    within = profile[: window - 1].mean()
+    for join in joins:
+        assert profile[join - 3 : join + 3].max() <= 1.15 * within, (
+            join,
+            profile[join - 3 : join + 3],
+            within,
+        )
+        assert join_profile(replaced)[join - 1] > 1.3 * within, (join, join_profile(replaced), within)
+    for seam in (20, 40):
+        assert join_profile(independent)[seam - 1] > 3.0 * within
+
+
+# --- the wav2vec2 option --------------------------------------------------------------------------------
+
+
+def test_wav2vec2_without_weights_names_the_folder_and_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as error:
+        MotionDiT(**TINY_DIT, audio_encoder="wav2vec2", weights_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path / "wav2vec2-base-960h") in message
+    assert "config.json" in message and "model.safetensors" in message
+
+
+def test_wav2vec2_features_from_a_local_folder_frozen_and_out_of_checkpoints(face_model, tmp_path) -> None:
+    """A (tiny, randomly initialised) Wav2Vec2Model saved in the released layout under weights_dir: the
+    encoder loads it offline, gives one feature per video frame, stays frozen, and the module's
+    checkpoints leave it out (it is restored from the folder)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "wav2vec2-base-960h")
+    module = tiny_module(face_model, audio_encoder="wav2vec2", weights_dir=str(tmp_path))
+    assert module.net.audio_input == "audio"
+    batch = window_batch(2, 12)
+    features = module.net.encode_audio(batch["audio"], 12)
+    assert features.shape == (2, 12, 16)
+    encoder = module.net.audio_encoder
+    assert not any(p.requires_grad for p in encoder.wav2vec2.parameters())
+    module.train()
+    assert not encoder.wav2vec2.training
+    loss = module.diffusion_loss(batch)["loss"]
+    loss.backward()
+    assert all(p.grad is None for p in encoder.wav2vec2.parameters())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("net.audio_encoder.wav2vec2.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("net.audio_encoder.projection.") for k in checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])  # strict: the frozen part is put back
+
+
+# --- the stages through run_task ------------------------------------------------------------------------
+
+
+def test_demo_motion_diffusion_fast_dev_run(corpus_args, tmp_path: Path) -> None:
+    """`python run.py experiment=demo_motion_diffusion debug=fdr`, on the tiny corpus: a training and a
+    validation batch, the latter sampled (in two windows per 30-frame clip) for the mouth metric."""
+    from lightning_modules.training import run_task
+    from tests.helpers import compose_config
+
+    cfg = compose_config(
+        ["experiment=demo_motion_diffusion", "debug=fdr", f"paths.log_dir={tmp_path}", *QUIET, *corpus_args]
+        + TINY_RUN,
+        tmp_path / "run",
+    )
+    run_task(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    for key in ("train/loss", "val/loss", "val/loss_exp", "val/loss_pose"):
+        assert np.isfinite(metrics[key]), key
+    for key in ("val/mouth_corr", "val/mouth_corr_audio_free"):
+        assert -1.0 <= metrics[key] <= 1.0, key
+
+
+def test_emotion_stage_trains_the_controller_and_leaves_the_dit_bit_identical(
+    corpus_args, tiny_corpus, tmp_path: Path
+) -> None:
+    """demo_motion_diffusion for 3 steps, then demo_motion_emotion for 3 steps on its last.ckpt: the
+    emotion run's checkpoint holds the DiT and the motion statistics exactly as stage 1 saved them, the
+    statistics are those of the training shards, and the controller has moved off its zero start."""
+    from datamodules.shards import ShardReader
+    from lightning_modules.training import run_task
+    from tests.helpers import compose_config
+
+    common = [f"paths.log_dir={tmp_path}", *QUIET, *corpus_args, *TINY_RUN, "trainer.limit_val_batches=1"]
+    common += ["trainer.check_val_every_n_epoch=1", "model.validation.sample_batches=0"]
+    run_task(
+        compose_config(["experiment=demo_motion_diffusion", "trainer.max_steps=3", *common], tmp_path / "dit")
+    )
+    dit_checkpoint = tmp_path / "dit" / "checkpoints" / "last.ckpt"
+    run_task(
+        compose_config(
+            [
+                "experiment=demo_motion_emotion",
+                "trainer.max_steps=3",
+                f"model.init_checkpoint={dit_checkpoint}",
+                "model.controller.hidden_dim=16",
+                "model.controller.heads=2",
+                *common,
+            ],
+            tmp_path / "emotion",
+        )
+    )
+    before = torch.load(dit_checkpoint, weights_only=True)["state_dict"]
+    after = torch.load(tmp_path / "emotion" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    frozen = [k for k in before if k.startswith(("net.", "normalizer."))]
+    assert frozen and set(frozen) == {k for k in after if k.startswith(("net.", "normalizer."))}
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), f"{key} changed in the emotion stage"
+    assert not any(k.startswith("face_model.") for k in after)
+    fusion = after["controller.fusion.3.weight"]
+    assert fusion.abs().sum() > 0, "the controller's zero-initialised output did not train"
+
+    total, squares, count = expression_moments(
+        clip["coeffs"] for clip in ShardReader(tiny_corpus.shard_dir / "train")
+    )
+    normalizer = MotionNormalizer()
+    normalizer.fit(total, squares, count)
+    torch.testing.assert_close(before["normalizer.expression_mean"], normalizer.expression_mean)
+    torch.testing.assert_close(before["normalizer.expression_std"], normalizer.expression_std)
+    assert int(before["normalizer.expression_count"]) == count
+
+
+def test_emotion_stage_names_a_missing_dit_checkpoint(tmp_path: Path) -> None:
+    import hydra
+
+    from tests.helpers import compose_config
+
+    missing = tmp_path / "nothing.ckpt"
+    cfg = compose_config(["experiment=demo_motion_emotion", f"model.init_checkpoint={missing}"], tmp_path)
+    module = hydra.utils.instantiate(cfg.model)
+    with pytest.raises(FileNotFoundError, match="demo_motion_diffusion"):
+        module.setup("fit")
