@@ -160,10 +160,11 @@ class ShardDataModule(L.LightningDataModule):
         The synthetic corpus is (re)built whenever it is missing or was made otherwise (the raw corpus
         too, if its own recipe differs), with the differences logged; its teacher is not compared, so
         shards preprocessed with a teacher stay usable without naming it again. A real corpus is never
-        rebuilt here: missing shards, or shards fitted with another face model than the configured one,
-        stop with a message. The shards are ready once the manifest exists (preprocessing writes it last),
-        so a run killed while packing is finished here rather than trained on half a corpus."""
-        from datamodules.preprocess import preprocess_recipe, settings_from_config
+        rebuilt here: missing shards, shards of another preprocessing version (other keys), or shards
+        fitted with another face model than the configured one, stop with a message. The shards are ready
+        once the manifest exists (preprocessing writes it last), so a run killed while packing is finished
+        here rather than trained on half a corpus."""
+        from datamodules.preprocess import PREPROCESS_VERSION, preprocess_recipe, settings_from_config
         from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences
 
         cfg = OmegaConf.create(dict(self.hparams))
@@ -179,6 +180,13 @@ class ShardDataModule(L.LightningDataModule):
                     "%s has no recipe.json: which face model fitted it cannot be checked", self.shard_dir
                 )
                 return
+            if recorded.get("version") != PREPROCESS_VERSION:
+                raise ValueError(
+                    f"the shards in {self.shard_dir} were made by preprocessing version "
+                    f"{recorded.get('version')}, this code reads version {PREPROCESS_VERSION} (its samples "
+                    "have other keys): preprocess again "
+                    f"(`python run.py task=preprocess data={self.corpus}`) into a new shard_dir"
+                )
             changes = recipe_differences(recorded["face_model"], face_model_recipe(cfg.preprocess.face_model))
             if changes:
                 raise ValueError(

@@ -280,6 +280,11 @@ def mfcc_windows(mfcc: np.ndarray, frames: np.ndarray, width: int) -> np.ndarray
     return np.ascontiguousarray(windows.transpose(0, 2, 1)[:, None])
 
 
+def labels(clip: dict[str, Any]) -> dict[str, int]:
+    """The clip's emotion labels for an example (python ints: a batch holds them as long tensors)."""
+    return {"emotion": clip["emotion"], "emotion_level": clip["emotion_level"]}
+
+
 def window_starts(num_frames: int, length: int | None) -> list[int]:
     """Starts of consecutive windows of `length` frames covering a clip, the last one ending at its end
     (None: one window, the whole clip): how evaluation tiles a clip."""
@@ -322,6 +327,7 @@ class WindowDataset(ClipDataset):
             "albedo": torch.from_numpy(clip["albedo"]),
             "clip_id": clip["clip_id"],
             "start": start,
+            **labels(clip),
         }
         params = opts.jitter.draw(rng) if opts.jitter.enabled else None
         if num_images(clip["semantic_offsets"]) > 0:
@@ -378,6 +384,7 @@ class FrameDataset(ClipDataset):
             "references_coeffs": torch.from_numpy(clip["coeffs"][references]),
             "clip_id": clip["clip_id"],
             "frame_index": target,
+            **labels(clip),
         }
 
 

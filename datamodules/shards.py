@@ -11,6 +11,7 @@ Schema of one sample (`CLIP_SCHEMA`; `make_clip_sample` builds it, `validate_cli
 |---|---|---|
 | `clip_id`, `identity`, `source` | str | clip id, speaker id, source video path (may be "") |
 | `num_frames`, `image_size` | int | T, crop side in pixels |
+| `emotion`, `emotion_level` | int | index into `emotions.EMOTIONS`, level 1-3; UNKNOWN (-1) and 0 |
 | `frames`, `frame_offsets` | bytes, int64 (T+1) | RGB crops as JPEG |
 | `render3d`, `render3d_offsets` | bytes, int64 (T+1) | I_3D renders as JPEG |
 | `face_mask`, `face_mask_offsets` | bytes, int64 (T+1) | rendered face masks as 8-bit PNG |
@@ -42,6 +43,7 @@ import cv2
 import numpy as np
 
 from datamodules.audio import SAMPLES_PER_FRAME
+from datamodules.emotions import EMOTIONS, UNKNOWN
 from face3d.morphable_model import COEFF_DIMS, NUM_COEFFS
 
 NUM_LANDMARKS = 68
@@ -61,6 +63,7 @@ def _coeff_slices() -> dict[str, slice]:
 COEFF_SLICES = _coeff_slices()
 SPLITS = ("train", "val", "test")
 TEXT_KEYS = ("clip_id", "identity", "source")
+INT_KEYS = ("num_frames", "image_size", "emotion", "emotion_level")
 MANIFEST_NAME = "manifest.jsonl"
 INDEX_NAME = "index.json"
 # Beside litdata's index: [clip_id, num_frames] of every clip in storage order, so that evaluation can
@@ -74,6 +77,8 @@ CLIP_SCHEMA: dict[str, str] = {
     "source": "str: source video path, or ''",
     "num_frames": "int: T",
     "image_size": "int: crop side in pixels",
+    "emotion": "int: index into datamodules.emotions.EMOTIONS, or UNKNOWN (-1)",
+    "emotion_level": "int: intensity level (MEAD's 1-3), 0 when the emotion is unknown",
     "frames": "bytes: T concatenated RGB JPEGs",
     "frame_offsets": "int64 (T+1,)",
     "render3d": "bytes: T concatenated I_3D JPEGs",
@@ -170,6 +175,8 @@ def make_clip_sample(
     semantic: np.ndarray | None = None,
     albedo: np.ndarray | None = None,
     source: str = "",
+    emotion: int = UNKNOWN,
+    emotion_level: int = 0,
     jpeg_quality: int = 95,
 ) -> dict[str, Any]:
     """Encode one preprocessed clip into a shard sample.
@@ -177,7 +184,8 @@ def make_clip_sample(
     frames, render3d: uint8 (T, S, S, 3) RGB; face_mask: uint8 or bool (T, S, S); semantic: uint8
     (T, S', S', 3) or None; albedo float32 (N, 3), the clip's per-vertex albedo (what renders its I_3D
     anew with new expressions), or None when its texture coefficients hold it; audio int16 (640 T,) (a
-    float waveform in [-1, 1] is converted)."""
+    float waveform in [-1, 1] is converted); emotion and emotion_level the clip's labels (UNKNOWN and 0
+    for a corpus without them)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[1] != frames.shape[2] or frames.shape[3] != 3:
         raise ValueError(f"clip {clip_id}: frames must be (T, S, S, 3), got {frames.shape}")
@@ -200,6 +208,8 @@ def make_clip_sample(
         "source": str(source),
         "num_frames": int(frames.shape[0]),
         "image_size": int(frames.shape[1]),
+        "emotion": int(emotion),
+        "emotion_level": int(emotion_level),
         "frames": frame_blob,
         "frame_offsets": frame_offsets,
         "render3d": render_blob,
@@ -248,6 +258,13 @@ def validate_clip_sample(sample: dict[str, Any]) -> None:
     for key in TEXT_KEYS:
         if not isinstance(sample[key], str):
             raise ValueError(f"clip {clip}: {key} must be a str")
+    emotion, level = sample["emotion"], sample["emotion_level"]
+    if not (isinstance(emotion, int) and isinstance(level, int) and UNKNOWN <= emotion < len(EMOTIONS)):
+        raise ValueError(f"clip {clip}: emotion {emotion!r} must be an int index into EMOTIONS or UNKNOWN")
+    if (emotion == UNKNOWN) != (level == 0) or level < 0:
+        raise ValueError(
+            f"clip {clip}: emotion_level {level!r} must be 0 exactly when the emotion is unknown"
+        )
     for key, offsets_key in IMAGE_STACKS.items():
         if not isinstance(sample[key], bytes):
             raise ValueError(f"clip {clip}: {key} must be bytes")
@@ -395,7 +412,7 @@ def as_clip(raw: dict[str, Any]) -> dict[str, Any]:
         clip[key] = bytes(clip[key]).decode()
     for key in IMAGE_STACKS:
         clip[key] = bytes(clip[key])
-    for key in ("num_frames", "image_size"):
+    for key in INT_KEYS:
         clip[key] = int(clip[key])
     return clip
 
@@ -438,9 +455,11 @@ def random_clip_sample(
     num_frames: int = 8,
     image_size: int = 32,
     semantic_size: int | None = None,
+    emotion: int = UNKNOWN,
+    emotion_level: int = 0,
 ) -> dict[str, Any]:
-    """A shard sample of random but well-formed content (smooth images, so JPEG keeps them close), for
-    tests and the loader benchmark when no preprocessed corpus is at hand."""
+    """A shard sample of random but well-formed content (smooth images, so JPEG keeps them close), with the
+    given labels, for tests and the loader benchmark when no preprocessed corpus is at hand."""
     t, s = num_frames, image_size
     grid = np.linspace(0.0, 1.0, s, dtype=np.float32)
 
@@ -465,4 +484,6 @@ def random_clip_sample(
         mfcc=rng.normal(0.0, 1.0, (4 * t, NUM_MFCC)).astype(np.float32),
         mel=rng.uniform(-4.0, 4.0, (NUM_MELS, 1 + t * SAMPLES_PER_FRAME // 200)).astype(np.float32),
         semantic=None if semantic_size is None else images(t, semantic_size),
+        emotion=emotion,
+        emotion_level=emotion_level,
     )

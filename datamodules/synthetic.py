@@ -8,12 +8,15 @@ the built-in `audio.synthesize_speech`, the same on every machine; espeak-ng's s
 `audio_source: espeak`); the mouth follows the audio deterministically:
 per video frame, loudness opens the jaw, low-frequency (vowel) energy rounds the lips, high-frequency
 (fricative) energy spreads them, silence presses them, so audio -> lips is learnable. The head moves
-with smooth sinusoidal sway plus, in some clips, one large turn; the eyes blink every few seconds.
+with smooth sinusoidal sway plus, in some clips, one large turn, in the speaker's own pose style (sway
+size and speed, a habitual head orientation: `pose_style`); the eyes blink every few seconds. Each clip
+shows one emotion at an intensity level (datamodules/emotions.py, `clip_emotion`): a lasting expression
+offset under the speech (the default corpus: all neutral, no offset).
 
 Frames are rendered with PyTorch3D (`face3d.FaceRenderer`) and written as H.264/AAC mp4 at 25 fps in
 the VoxCeleb2 layout `mp4/idXXXXX/<video-id>/00001.mp4`, with `00001.npz` beside each clip (the
-ground truth: coefficients, 68 landmarks in frame pixels, the camera) and `splits.json` at the root
-(identity -> train/val/test: splits are by identity).
+ground truth: coefficients, 68 landmarks in frame pixels, the camera, the emotion with its level and
+offset) and `splits.json` at the root (identity -> train/val/test: splits are by identity).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from datamodules import audio as audio_lib
+from datamodules.emotions import NEUTRAL, emotion_offset, offset_table, parse_emotion
 from datamodules.preprocess.video import write_mp4
 from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences, write_recipe
 
@@ -56,6 +60,11 @@ class MotionParams:
     sway_roll: float = 0.04
     large_turn_probability: float = 0.3
     large_turn_yaw: float = 0.5
+    # Per-speaker pose style, drawn once per identity: [low, high] multipliers of the sway amplitudes (one
+    # per axis) and of the sway frequencies, and the bound of a habitual head orientation (radians, per axis).
+    sway_scale: tuple[float, float] = (1.0, 1.0)
+    sway_speed: tuple[float, float] = (1.0, 1.0)
+    pose_tilt: float = 0.0
     face_distance: float = -2.0  # z translation: face size in the frame
     placement_jitter: float = 0.08
 
@@ -93,15 +102,34 @@ def blink_track(
     return track
 
 
-def head_pose(num_frames: int, rng: np.random.Generator, motion: MotionParams, fps: int = 25) -> np.ndarray:
-    """(T, 3) angles (pitch, yaw, roll as Deep3DFaceRecon's x, y, z): sums of slow sinusoids, plus
-    with `large_turn_probability` one smooth large yaw turn away and back."""
+def pose_style(rng: np.random.Generator, motion: MotionParams) -> dict[str, np.ndarray]:
+    """One speaker's way of moving the head (the same in all their clips, so a model can learn pose per
+    identity): sway amplitude multipliers (3,) for pitch, yaw, roll, a sway speed multiplier, and a habitual
+    orientation (3,) the sway plays around."""
+    return {
+        "scale": rng.uniform(*motion.sway_scale, 3),
+        "speed": np.float64(rng.uniform(*motion.sway_speed)),
+        "tilt": rng.uniform(-motion.pose_tilt, motion.pose_tilt, 3),
+    }
+
+
+def head_pose(
+    num_frames: int,
+    rng: np.random.Generator,
+    motion: MotionParams,
+    style: Mapping[str, np.ndarray],
+    fps: int = 25,
+) -> np.ndarray:
+    """(T, 3) angles (pitch, yaw, roll as Deep3DFaceRecon's x, y, z): sums of slow sinusoids in the
+    speaker's `pose_style`, plus with `large_turn_probability` one smooth large yaw turn away and back."""
     t = np.arange(num_frames) / fps
     angles = np.zeros((num_frames, 3))
     for axis, amplitude in ((0, motion.sway_pitch), (1, motion.sway_yaw), (2, motion.sway_roll)):
+        amplitude = amplitude * style["scale"][axis]
         for _ in range(2):
             freq, phase = rng.uniform(0.15, 0.6), rng.uniform(0, 2 * np.pi)
-            angles[:, axis] += amplitude / 2 * np.sin(2 * np.pi * freq * t + phase)
+            angles[:, axis] += amplitude / 2 * np.sin(2 * np.pi * freq * style["speed"] * t + phase)
+    angles += style["tilt"]
     if rng.random() < motion.large_turn_probability:
         centre, width = rng.uniform(0.3, 0.7) * t[-1], rng.uniform(0.25, 0.5)
         angles[:, 1] += (
@@ -264,6 +292,38 @@ def split_identities(identities: list[str], fractions: Mapping[str, float], seed
     return split
 
 
+def clip_emotion(
+    identity_index: int, clip_index: int, emotions: Sequence[str], num_levels: int
+) -> tuple[int, int]:
+    """(emotion index, level) of clip j of identity i: emotions[(i + j) mod E], so every speaker shows a
+    run of different emotions and every emotion is shown as often across speakers; the level (1 to
+    `num_levels`) steps on with the clip and with each pass over the emotions, so every emotion comes at
+    every level. Neutral is level 1 only, as in MEAD."""
+    k = identity_index + clip_index
+    emotion = parse_emotion(emotions[k % len(emotions)])
+    level = 1 if emotion == NEUTRAL else 1 + (clip_index + k // len(emotions)) % num_levels
+    return emotion, level
+
+
+def with_emotion(exp: np.ndarray, offset: np.ndarray, blink: int) -> np.ndarray:
+    """(T, 64) expression with an emotion's lasting (64,) offset on top; a blink still closes the eyes,
+    from the emotion's lids (wide open or narrowed) to shut."""
+    lids = exp[:, blink]
+    out = exp + offset
+    out[:, blink] = offset[blink] + (1 - offset[blink]) * lids
+    return out
+
+
+def check_emotions(emotions: Sequence[str], table: np.ndarray) -> None:
+    """Every emotion the clips show has an offset (else its clips would look neutral, mislabelled)."""
+    if not emotions:
+        raise ValueError("synthetic.emotions is empty: list at least one (neutral for none)")
+    for name in emotions:
+        index = parse_emotion(name)
+        if index != NEUTRAL and not np.any(table[index]):
+            raise ValueError(f"emotion {name!r} has no entry in synthetic.emotion_offsets")
+
+
 @dataclass(frozen=True)
 class ClipJob:
     identity_index: int
@@ -296,6 +356,7 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     background = random_background(size, id_rng)
     detail_params = DetailParams(**settings["details"])
     details = identity_details(model, id_rng, detail_params)
+    style = pose_style(np.random.default_rng([seed, job.identity_index, 2]), motion)
     clip_rng = np.random.default_rng([seed, job.identity_index, job.clip_index, 1])
     audio_seed = int(clip_rng.integers(2**31))
     wave = audio_lib.speech(num_frames / audio_lib.VIDEO_FPS, audio_seed, settings["audio_source"])
@@ -310,7 +371,13 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     exp[:, EXPRESSION_NAMES.index("brows_raise")] = (
         0.2 * exp[:, EXPRESSION_NAMES.index("jaw_open")] * clip_rng.uniform()
     )
-    angles = head_pose(num_frames, clip_rng, motion)
+    gains = settings["emotion_level_gains"]
+    emotion, level = clip_emotion(job.identity_index, job.clip_index, settings["emotions"], len(gains))
+    offset = emotion_offset(
+        offset_table(settings["emotion_offsets"], EXPRESSION_NAMES), emotion, level, gains
+    )
+    exp = with_emotion(exp, offset, EXPRESSION_NAMES.index("blink"))
+    angles = head_pose(num_frames, clip_rng, motion, style)
     coeffs = model.join_coeffs(
         id=torch.from_numpy(np.tile(person["id"], (num_frames, 1))),
         exp=torch.from_numpy(exp),
@@ -334,6 +401,9 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
         image_size=np.int64(size),
         camera=np.array([camera.image_size, camera.focal, camera.center, camera.distance], dtype=np.float64),
         audio_seed=np.int64(audio_seed),
+        emotion=np.int64(emotion),
+        emotion_level=np.int64(level),
+        emotion_offset=offset,
     )
     os.replace(gt_tmp, path.with_suffix(".npz"))
     return {"path": str(path), "frames": num_frames}
@@ -344,8 +414,9 @@ def clip_path(root: Path, identity: str, clip_index: int) -> Path:
 
 
 # Bumped whenever the generator's code changes what it writes (2: speech with closures, gaps and
-# pauses, normalised by loudness; 3: skin marks, pores, specular highlights and teeth gaps).
-SYNTHETIC_VERSION = 3
+# pauses, normalised by loudness; 3: skin marks, pores, specular highlights and teeth gaps; 4: emotions,
+# their labels in the ground truth, per-speaker pose style).
+SYNTHETIC_VERSION = 4
 
 
 def corpus_recipe(
@@ -361,6 +432,9 @@ def corpus_recipe(
     motion: Mapping[str, Any] | None,
     crf: int,
     details: Mapping[str, Any] | None = None,
+    emotions: Sequence[str] = ("neutral",),
+    emotion_level_gains: Sequence[float] = (1.0,),
+    emotion_offsets: Mapping[str, Mapping[str, float]] | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """What the corpus is made of: every generator setting that changes its files (not where they go or
@@ -379,6 +453,9 @@ def corpus_recipe(
         "camera": dict(camera or {}),
         "motion": {**asdict(MotionParams()), **dict(motion or {})},
         "details": {**asdict(DetailParams()), **dict(details or {})},
+        "emotions": list(emotions),
+        "emotion_level_gains": list(emotion_level_gains),
+        "emotion_offsets": {name: dict(v or {}) for name, v in (emotion_offsets or {}).items()},
         "crf": crf,
     }
 
@@ -396,6 +473,9 @@ def generate_synthetic_corpus(
     camera: Mapping[str, float] | None = None,
     motion: Mapping[str, Any] | None = None,
     details: Mapping[str, Any] | None = None,
+    emotions: Sequence[str] = ("neutral",),
+    emotion_level_gains: Sequence[float] = (1.0,),
+    emotion_offsets: Mapping[str, Mapping[str, float]] | None = None,
     render_batch: int = 25,
     crf: int = 18,
     num_workers: int = 0,
@@ -406,9 +486,14 @@ def generate_synthetic_corpus(
     on disk are kept unless `overwrite` (a killed run resumes), but only when they were made with the
     same recipe: a corpus made otherwise (other settings, audio source, face model or generator version)
     is deleted and made anew, with the differences logged. `num_workers` > 0 renders clips in that many
-    spawned processes (each with `torch_threads` threads when set). Returns {num_clips, num_frames,
-    seconds, splits}."""
+    spawned processes (each with `torch_threads` threads when set). `emotions` (names of
+    datamodules.emotions.EMOTIONS) are the emotions the clips cycle through (`clip_emotion`), at levels 1 to
+    len(`emotion_level_gains`), each shown by its row of `emotion_offsets` ({emotion: {expression
+    component: coefficient}}) times its level's gain. Returns {num_clips, num_frames, seconds, splits}."""
+    from face3d.procedural import EXPRESSION_NAMES
+
     start = time.perf_counter()
+    check_emotions(emotions, offset_table(emotion_offsets or {}, EXPRESSION_NAMES))
     if audio_source not in audio_lib.AUDIO_SOURCES:
         raise ValueError(f"audio_source must be one of {audio_lib.AUDIO_SOURCES}, got {audio_source!r}")
     if audio_source == "espeak" and not audio_lib.espeak_available():
@@ -427,6 +512,9 @@ def generate_synthetic_corpus(
         motion,
         crf,
         details,
+        emotions,
+        emotion_level_gains,
+        emotion_offsets,
     )
     recorded = read_recipe(root)
     if (root / "mp4").exists() and (recorded is None or recipe_differences(recorded, recipe)):
@@ -459,6 +547,9 @@ def generate_synthetic_corpus(
         "audio_source": audio_source,
         "motion": dict(motion or {}),
         "details": dict(details or {}),
+        "emotions": list(emotions),
+        "emotion_level_gains": list(emotion_level_gains),
+        "emotion_offsets": {name: dict(v or {}) for name, v in (emotion_offsets or {}).items()},
         "render_batch": render_batch,
         "crf": crf,
     }

@@ -74,6 +74,8 @@ def test_window_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> 
         "audio": (2, 640 * 5),
         "albedo": (2, 0, 3),  # these clips carry no per-vertex albedo
         "start": (2,),
+        "emotion": (2,),
+        "emotion_level": (2,),
     }
     assert len(batch["clip_id"]) == 2 and all(isinstance(c, str) for c in batch["clip_id"])
     assert (
@@ -144,6 +146,8 @@ def test_frame_batches_have_the_documented_keys_and_shapes(shard_dir: Path) -> N
         "landmarks": (2, 68, 2),
         "references_coeffs": (2, 3, 257),
         "frame_index": (2,),
+        "emotion": (2,),
+        "emotion_level": (2,),
     }
     # the masked crop is the target with the mouth mask blanked out, nothing else changed
     changed = (batch["masked"] != batch["target"]).any(dim=1)
@@ -323,20 +327,27 @@ def test_too_small_a_corpus_for_one_batch_is_an_error(shard_dir: Path) -> None:
         make_dm(shard_dir, batch_size=16).train_dataloader()
 
 
-def test_shards_fitted_with_another_face_model_are_refused(shard_dir: Path, tmp_path: Path) -> None:
-    """A real corpus is never silently reused with a face model its coefficients were not fitted with."""
+def test_real_shards_made_otherwise_are_refused(shard_dir: Path, tmp_path: Path) -> None:
+    """A real corpus is never silently reused with a face model its coefficients were not fitted with, nor
+    read as samples of another preprocessing version."""
     import shutil
 
+    from datamodules.preprocess import PREPROCESS_VERSION
     from datamodules.recipe import face_model_recipe, write_recipe
 
     copy = tmp_path / "shards"
     shutil.copytree(shard_dir, copy)
     face_model = {"source": "procedural", "num_vertices": 1000, "seed": 0}
     preprocess = {"face_model": face_model}
-    write_recipe(copy, {"face_model": face_model_recipe(face_model)})
+    recipe = {"version": PREPROCESS_VERSION, "face_model": face_model_recipe(face_model)}
+    write_recipe(copy, recipe)
     make_dm(copy, preprocess=preprocess)  # the same model: fine
-    write_recipe(copy, {"face_model": {**face_model_recipe(face_model), "fingerprint": "0123456789abcdef"}})
+    write_recipe(copy, {**recipe, "face_model": {**recipe["face_model"], "fingerprint": "0123456789abcdef"}})
     with pytest.raises(ValueError, match="fitted with another face model .*fingerprint: '0123456789abcdef'"):
+        make_dm(copy, preprocess=preprocess)
+    # shards of an older preprocessing lack keys this code reads (the emotion labels of version 3)
+    write_recipe(copy, {**recipe, "version": PREPROCESS_VERSION - 1})
+    with pytest.raises(ValueError, match=f"preprocessing version {PREPROCESS_VERSION - 1}, this code reads"):
         make_dm(copy, preprocess=preprocess)
 
 
@@ -351,7 +362,7 @@ def test_real_corpus_without_shards_says_how_to_build_them(tmp_path: Path) -> No
     dm.prepare_data()
 
 
-@pytest.mark.parametrize("corpus", ["synthetic", "voxceleb1", "voxceleb2", "lrw"])
+@pytest.mark.parametrize("corpus", ["synthetic", "voxceleb1", "voxceleb2", "mead", "lrw"])
 def test_corpus_configs_instantiate_the_datamodule(
     corpus: str, shard_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

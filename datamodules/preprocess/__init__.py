@@ -1,11 +1,13 @@
-"""Raw corpora (VoxCeleb1/2, LRW, the synthetic corpus) -> litdata shards + manifest.jsonl.
+"""Raw corpora (VoxCeleb1/2, MEAD, LRW, the synthetic corpus) -> litdata shards + manifest.jsonl.
 
-`python run.py task=preprocess data=voxceleb2|voxceleb1|lrw|synthetic` calls `preprocess_corpus(cfg.data)`.
+`python run.py task=preprocess data=voxceleb2|voxceleb1|mead|lrw|synthetic` calls
+`preprocess_corpus(cfg.data)`.
 """
 
 from datamodules.preprocess.clip import ClipOptions
 from datamodules.preprocess.layout import ClipSource, discover_clips
 from datamodules.preprocess.pipeline import (
+    PREPROCESS_VERSION,
     PreprocessSettings,
     preprocess_corpus,
     preprocess_recipe,
@@ -15,6 +17,7 @@ from datamodules.preprocess.pipeline import (
 from datamodules.preprocess.video import ClipRejected
 
 __all__ = [
+    "PREPROCESS_VERSION",
     "ClipOptions",
     "ClipRejected",
     "ClipSource",

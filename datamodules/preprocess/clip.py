@@ -1,10 +1,11 @@
 """One clip from raw mp4 to a shard sample: validate, decode onto the suite's 25 fps clock (trimmed to
 the time both streams cover), detect, track and crop, fit the 3DMM, render I_3D, compute the audio
-features and (optionally) the teacher's semantic images."""
+features and (optionally) the teacher's semantic images. The audio is the video's own track, or the
+separate file the clip's source names (MEAD's m4a, on a clock that starts with the video's)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from datamodules.preprocess.video import (
     decode_frames,
     is_grayscale,
     probe,
+    probe_audio,
     trim_record,
     validate,
 )
@@ -121,6 +123,10 @@ def process_clip(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """-> (shard sample, manifest record); raises ClipRejected with the reason when the clip is unusable."""
     info = probe(source.path, options.vfr_tolerance)
+    audio_path = source.audio_path or source.path
+    if source.audio_path:
+        start_s, duration_s = probe_audio(source.audio_path)
+        info = replace(info, has_audio=True, audio_start_s=start_s, audio_duration_s=duration_s)
     validate(info, source.path, options.fps, max_side=options.max_side, min_frames=options.min_frames)
     span = common_span(info, source.path, options.fps, options.min_frames, options.audio_tolerance_s)
     frames = decode_frames(source.path, span.frame_times())
@@ -140,7 +146,7 @@ def process_clip(
     landmarks = to_crop_pixels(landmarks_frame, box, options.crop_size)
     num_frames = end - start
     spf = audio_lib.SAMPLES_PER_FRAME
-    pcm = decode_audio(source.path, len(frames) * spf, start_s=span.start_s)[start * spf : end * spf]
+    pcm = decode_audio(audio_path, len(frames) * spf, start_s=span.start_s)[start * spf : end * spf]
     wave = audio_lib.to_float(pcm)
 
     appearance, rendered = fit_face(crops, landmarks, options, tools)
@@ -172,6 +178,8 @@ def process_clip(
         semantic=semantic,
         albedo=albedo,
         source=source.path,
+        emotion=source.emotion,
+        emotion_level=source.emotion_level,
         jpeg_quality=options.jpeg_quality,
     )
     residual = (

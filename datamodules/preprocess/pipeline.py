@@ -59,8 +59,8 @@ class PreprocessSettings:
     chunk_bytes: str
 
 
-# Bumped whenever the pipeline's code changes what it writes for the same settings.
-PREPROCESS_VERSION = 2
+# Bumped whenever the pipeline's code changes what it writes for the same settings (3: the emotion labels).
+PREPROCESS_VERSION = 3
 
 
 def preprocess_recipe(settings: PreprocessSettings, source: dict[str, Any] | None) -> dict[str, Any]:
@@ -172,6 +172,9 @@ def run_clip(source: ClipSource, settings: PreprocessSettings) -> dict[str, Any]
         "identity": source.identity,
         "split": source.split,
         "source": source.path,
+        "audio_source": source.audio_path or source.path,
+        "emotion": source.emotion,
+        "emotion_level": source.emotion_level,
     }
     started = time.perf_counter()
     sample = None
@@ -317,5 +320,6 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
 
 
 def preprocess_corpus(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """`python run.py task=preprocess data=voxceleb2|voxceleb1|lrw|synthetic [data.preprocess.shard=i/n]`."""
+    """`python run.py task=preprocess data=voxceleb2|voxceleb1|mead|lrw|synthetic
+    [data.preprocess.shard=i/n]`."""
     return run_preprocessing(settings_from_config(data_cfg))

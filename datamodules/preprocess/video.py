@@ -173,7 +173,7 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
         audio = container.streams.audio[0] if container.streams.audio else None
         width, height = video.codec_context.width, video.codec_context.height
         pix_fmt = video.codec_context.pix_fmt or ""
-        video_pts, audio_start, audio_end = [], None, 0.0
+        video_pts, audio_spans = [], []
         try:
             for packet in container.demux(*([video] + ([audio] if audio is not None else []))):
                 if packet.pts is None or packet.size == 0:
@@ -181,15 +181,10 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
                 if packet.stream.type == "video":
                     video_pts.append(float(packet.pts * packet.time_base))
                 else:
-                    start = float(packet.pts * packet.time_base)
-                    audio_start = start if audio_start is None else min(audio_start, start)
-                    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
-                    audio_end = max(audio_end, end)
+                    audio_spans.append(_packet_span(packet))
         except _DECODE_ERRORS as error:
             raise ClipRejected("corrupt", f"{path}: demuxing failed ({error})") from error
-        if audio is not None and audio.start_time is not None:
-            # the stream's start time leaves out the encoder's priming samples (a packet before 0)
-            audio_start = float(audio.start_time * audio.time_base)
+        audio_start, audio_duration = _audio_extent(audio, audio_spans)
     if len(video_pts) < 2 or width <= 0 or height <= 0:
         raise ClipRejected("corrupt", f"{path}: {len(video_pts)} video packets, size {width}x{height}")
     times = np.sort(np.array(video_pts))
@@ -203,7 +198,6 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
             "variable_frame_rate",
             f"{path}: frame intervals from {intervals.min() * 1000:.1f} to {intervals.max() * 1000:.1f} ms",
         )
-    audio_start = audio_start or 0.0
     return VideoInfo(
         width=width,
         height=height,
@@ -214,8 +208,51 @@ def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
         video_start_s=float(times[0]),
         video_duration_s=float(times[-1] - times[0]) + median,
         audio_start_s=audio_start,
-        audio_duration_s=max(0.0, audio_end - audio_start),
+        audio_duration_s=audio_duration,
     )
+
+
+def _packet_span(packet: av.Packet) -> tuple[float, float]:
+    """(start, end) of a packet in seconds."""
+    return float(packet.pts * packet.time_base), float(
+        (packet.pts + (packet.duration or 0)) * packet.time_base
+    )
+
+
+def _audio_extent(
+    stream: av.audio.stream.AudioStream | None, spans: list[tuple[float, float]]
+) -> tuple[float, float]:
+    """(start, duration) in seconds of an audio stream from its packets' spans; (0, 0) without any."""
+    if stream is None or not spans:
+        return 0.0, 0.0
+    start = min(begin for begin, _ in spans)
+    end = max(finish for _, finish in spans)
+    if stream.start_time is not None:
+        # the stream's start time leaves out the encoder's priming samples (a packet before 0)
+        start = float(stream.start_time * stream.time_base)
+    return start, max(0.0, end - start)
+
+
+def probe_audio(path: str | Path) -> tuple[float, float]:
+    """(start, duration) in seconds of the first audio stream of a separate audio file (MEAD's m4a beside
+    its video), on a clock that starts with the video's; demuxed, not decoded. ClipRejected: 'missing',
+    'empty_file', 'corrupt', 'not_a_video' (no media container), 'no_audio'."""
+    path = Path(path)
+    if not path.exists():
+        raise ClipRejected("missing", f"{path} (the clip's audio) does not exist")
+    if path.stat().st_size == 0:
+        raise ClipRejected("empty_file", f"{path} has zero bytes")
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise ClipRejected("no_audio", f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        try:
+            spans = [_packet_span(p) for p in container.demux(stream) if p.pts is not None and p.size > 0]
+        except _DECODE_ERRORS as error:
+            raise ClipRejected("corrupt", f"{path}: demuxing failed ({error})") from error
+        if not spans:
+            raise ClipRejected("no_audio", f"{path}: its audio stream holds no packets")
+        return _audio_extent(stream, spans)
 
 
 def validate(

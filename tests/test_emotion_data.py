@@ -1,0 +1,326 @@
+"""Emotion in the data: the labels and their parser, the synthetic corpus's emotional faces (an offset per
+emotion, scaled by the level) and per-speaker pose style, the default corpus left all neutral, labels
+carried from the raw corpus through preprocessing into the shards and batches, MEAD's layout with its
+separate audio files, and unlabelled corpora."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from datamodules import ShardDataModule
+from datamodules import audio as audio_lib
+from datamodules.emotions import (
+    EMOTIONS,
+    NEUTRAL,
+    UNKNOWN,
+    emotion_offset,
+    offset_table,
+    parse_emotion,
+    parse_level,
+)
+from datamodules.preprocess import discover_clips, run_preprocessing
+from datamodules.preprocess.video import decode_frames, write_mp4
+from datamodules.shards import MANIFEST_NAME, ShardReader, random_clip_sample, write_shards
+from datamodules.synthetic import (
+    MotionParams,
+    clip_emotion,
+    generate_synthetic_corpus,
+    head_pose,
+    mouth_expression,
+    pose_style,
+    with_emotion,
+)
+from face3d.procedural import EXPRESSION_NAMES
+
+from .conftest import tiny_settings
+from .helpers import compose_config
+
+MEAD_NAMES = ("angry", "disgusted", "contempt", "fear", "happy", "neutral", "sad", "surprised")
+FAST_FIT = ("face_model.fitting.rigid_steps=10", "face_model.fitting.steps=20")
+
+
+def synthetic_options(tmp_path: Path, data: str = "synthetic", **overrides) -> dict:
+    """The generator's settings of conf/data/<data>.yaml, as `generate_corpus` reads them."""
+    cfg = compose_config([f"data={data}", f"paths.data_dir={tmp_path}"], tmp_path / "config")
+    options = OmegaConf.to_container(cfg.data.synthetic, resolve=True)
+    return {**options, "num_workers": 0, **overrides}
+
+
+def component(exp: np.ndarray, name: str) -> np.ndarray:
+    return exp[..., EXPRESSION_NAMES.index(name)]
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+
+def test_mead_names_and_levels_parse_to_the_label_order() -> None:
+    assert [parse_emotion(name) for name in MEAD_NAMES] == [1, 2, 3, 4, 5, 0, 6, 7]
+    assert EMOTIONS[parse_emotion("Happy")] == "happy" and NEUTRAL == 0 and UNKNOWN == -1
+    assert [parse_level(f"level_{n}") for n in (1, 2, 3)] == [1, 2, 3]
+    for bad in ("calm", "happiness", ""):
+        with pytest.raises(ValueError, match="unknown emotion"):
+            parse_emotion(bad)
+    for bad in ("level_0", "level", "2"):
+        with pytest.raises(ValueError, match="intensity level"):
+            parse_level(bad)
+
+
+def test_each_emotion_has_its_offset_scaled_by_the_level(tmp_path: Path) -> None:
+    """The configured table: every emotion but neutral moves the face, each its own way, and a level's
+    offset is its gain times the full one."""
+    options = synthetic_options(tmp_path)
+    table = offset_table(options["emotion_offsets"], EXPRESSION_NAMES)
+    gains = options["emotion_level_gains"]
+    assert not table[NEUTRAL].any()
+    others = table[1:]
+    assert all(row.any() for row in others)
+    assert np.linalg.matrix_rank(others) == len(others)  # no emotion is another's weaker or stronger self
+    happy, sad, angry = (table[parse_emotion(n)] for n in ("happy", "sad", "angry"))
+    assert component(happy, "smile") > 0.5 and component(sad, "smile") < -0.5
+    assert component(angry, "brows_frown") > 0.5
+    levels = [emotion_offset(table, parse_emotion("happy"), level, gains) for level in (1, 2, 3)]
+    assert component(levels[0], "smile") < component(levels[1], "smile") < component(levels[2], "smile")
+    for level, offset in zip((1, 2, 3), levels):
+        np.testing.assert_allclose(offset, gains[level - 1] * happy, rtol=1e-6)
+    with pytest.raises(ValueError, match="level 4"):
+        emotion_offset(table, 1, 4, gains)
+    with pytest.raises(ValueError, match="neutral must be empty"):
+        offset_table({"neutral": {"smile": 0.1}}, EXPRESSION_NAMES)
+    with pytest.raises(ValueError, match="unknown component 'grin'"):
+        offset_table({"happy": {"grin": 1.0}}, EXPRESSION_NAMES)
+
+
+def test_clips_cycle_through_every_emotion_and_level() -> None:
+    """The emotion corpus's schedule (24 speakers x 4 clips): each emotion as often, every level of it as
+    often, neutral at level 1 only, and every speaker a run of different emotions."""
+    shown = [[clip_emotion(i, j, EMOTIONS, 3) for j in range(4)] for i in range(24)]
+    flat = [clip for speaker in shown for clip in speaker]
+    assert all(sum(e == k for e, _ in flat) == 12 for k in range(len(EMOTIONS)))
+    assert {level for e, level in flat if e == NEUTRAL} == {1}
+    for k in range(1, len(EMOTIONS)):
+        assert sorted(level for e, level in flat if e == k) == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(len({e for e, _ in speaker}) == 4 for speaker in shown)
+
+
+def test_the_default_corpus_is_neutral_with_no_offset_and_no_pose_style(tmp_path: Path) -> None:
+    """conf/data/synthetic.yaml (the demo's and the learning tests' corpus) makes the frames it made before
+    emotions existed: every clip neutral at level 1, the offset exactly zero and leaving the expression
+    bit for bit as it was (blinks included), and every speaker's pose style the identity."""
+    options = synthetic_options(tmp_path)
+    assert options["emotions"] == ["neutral"]
+    table = offset_table(options["emotion_offsets"], EXPRESSION_NAMES)
+    gains = options["emotion_level_gains"]
+    for i in range(options["num_identities"]):
+        for j in range(options["clips_per_identity"]):
+            emotion, level = clip_emotion(i, j, options["emotions"], len(gains))
+            assert (emotion, level) == (NEUTRAL, 1)
+            assert not emotion_offset(table, emotion, level, gains).any()
+    rng = np.random.default_rng(0)
+    exp = rng.normal(size=(40, 64)).astype(np.float32)
+    exp[:, EXPRESSION_NAMES.index("blink")] = np.clip(rng.normal(size=40), 0, 1)
+    assert np.array_equal(with_emotion(exp, np.zeros(64, np.float32), EXPRESSION_NAMES.index("blink")), exp)
+    motion = MotionParams(**options["motion"])
+    for i in range(options["num_identities"]):
+        style = pose_style(np.random.default_rng([options["seed"], i, 2]), motion)
+        assert np.array_equal(style["scale"], np.ones(3)) and style["speed"] == 1.0
+        assert np.array_equal(style["tilt"], np.zeros(3))
+
+
+def test_a_speaker_keeps_their_pose_style(tmp_path: Path) -> None:
+    """With the emotion corpus's style ranges, two speakers differ in sway size and habitual orientation,
+    the same speaker's style being used in every clip."""
+    motion = MotionParams(**synthetic_options(tmp_path, "synthetic_emotion")["motion"])
+    styles = [pose_style(np.random.default_rng([5, i, 2]), motion) for i in range(2)]
+    assert not np.allclose(styles[0]["tilt"], styles[1]["tilt"])
+    for style in styles:
+        clips = [
+            head_pose(5000, np.random.default_rng(c), replace(motion, large_turn_probability=0), style)
+            for c in range(3)
+        ]
+        for angles in clips:
+            np.testing.assert_allclose(angles.mean(0), style["tilt"], atol=0.02)
+            # the sway's spread follows the speaker's amplitude scale on each axis
+            expected = np.array([motion.sway_pitch, motion.sway_yaw, motion.sway_roll]) * style["scale"]
+            np.testing.assert_allclose(angles.std(0) / expected, 0.5, atol=0.2)
+
+
+# --- the synthetic generator -------------------------------------------------------------------------
+
+
+def test_generator_writes_each_emotion_into_the_ground_truth(tmp_path: Path) -> None:
+    """One speaker, one clip per emotion: the npz beside each clip names its emotion and level, holds the
+    offset, and its expression coefficients show it on top of the speech (happy smiles, sad pulls the
+    mouth corners down, angry frowns, surprised raises the brows and opens the eyes)."""
+    options = synthetic_options(
+        tmp_path,
+        output_dir=str(tmp_path / "raw"),
+        num_identities=1,
+        clips_per_identity=8,
+        num_frames=10,
+        image_size=64,
+        emotions=list(EMOTIONS),
+    )
+    generate_synthetic_corpus(**options)
+    table = offset_table(options["emotion_offsets"], EXPRESSION_NAMES)
+    motion = MotionParams(**options["motion"])
+    truth = {}
+    for j in range(8):
+        with np.load(tmp_path / "raw" / "mp4" / "id00000" / f"syn{j:04d}" / "00001.npz") as data:
+            emotion, level = clip_emotion(0, j, EMOTIONS, 3)
+            assert (int(data["emotion"]), int(data["emotion_level"])) == (emotion, level) == (j, level)
+            offset = emotion_offset(table, emotion, level, options["emotion_level_gains"])
+            np.testing.assert_array_equal(data["emotion_offset"], offset)
+            exp = truth[EMOTIONS[j]] = data["coeffs"][:, 80:144]
+            # the speech still plays on top: the lips press in the clip's pauses as without an emotion
+            wave = audio_lib.speech(10 / 25, int(data["audio_seed"]), "builtin")
+            features = audio_lib.frame_features(audio_lib.fit_length(wave, 10 * 640), 10)
+            speaking = mouth_expression(features, EXPRESSION_NAMES, motion, np.ones(3))
+            np.testing.assert_allclose(
+                component(exp, "lips_press") - component(offset, "lips_press"),
+                component(speaking, "lips_press"),
+                atol=1e-5,
+            )
+    smile = {name: component(exp, "smile").mean() for name, exp in truth.items()}
+    assert smile["happy"] > smile["neutral"] + 0.8  # the neutral clip smiles 0.3 at most
+    assert smile["sad"] < 0 <= smile["neutral"]
+    assert component(truth["neutral"], "brows_frown").max() == 0
+    assert component(truth["angry"], "brows_frown").min() > 0.3
+    assert component(truth["surprised"], "brows_raise").min() > 0.5
+    assert component(truth["surprised"], "blink").min() < -0.2  # eyes wide between blinks
+
+
+# --- preprocessing, shards and batches ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emotion_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 speakers x 2 clips of 24 frames showing angry, happy / happy, sad."""
+    root = tmp_path_factory.mktemp("emotion_corpus")
+    options = synthetic_options(
+        root,
+        output_dir=str(root / "raw"),
+        num_identities=2,
+        clips_per_identity=2,
+        num_frames=24,
+        emotions=["angry", "happy", "sad"],
+    )
+    generate_synthetic_corpus(**options)
+    return root / "raw"
+
+
+def test_labels_survive_preprocessing_into_shards_and_batches(emotion_corpus: Path, tmp_path: Path) -> None:
+    expected = {
+        "id00000/syn0000/00001": (parse_emotion("angry"), 1),
+        "id00000/syn0001/00001": (parse_emotion("happy"), 2),
+        "id00001/syn0000/00001": (parse_emotion("happy"), 1),
+        "id00001/syn0001/00001": (parse_emotion("sad"), 2),
+    }
+    clips = discover_clips(emotion_corpus, "synthetic")
+    assert {c.clip_id: (c.emotion, c.emotion_level) for c in clips} == expected
+    settings = tiny_settings(emotion_corpus, tmp_path / "shards", tmp_path / "work", overrides=FAST_FIT)
+    run_preprocessing(settings)
+    manifest = (tmp_path / "shards" / MANIFEST_NAME).read_text()
+    assert manifest.count('"status": "accepted"') == 4, manifest
+    reader = ShardReader(tmp_path / "shards" / "train")  # two speakers: both train
+    assert {c["clip_id"]: (c["emotion"], c["emotion_level"]) for c in reader} == expected
+    for view in ("window", "frame"):
+        dm = ShardDataModule(
+            corpus="synthetic", shard_dir=str(tmp_path / "shards"), view=view, batch_size=4, image_size=64
+        )
+        batch = next(iter(dm.train_dataloader()))
+        assert batch["emotion"].dtype == batch["emotion_level"].dtype == torch.long
+        got = list(zip(batch["clip_id"], batch["emotion"].tolist(), batch["emotion_level"].tolist()))
+        assert all(expected[clip] == (emotion, level) for clip, emotion, level in got), got
+
+
+def write_m4a(path: Path, wave: np.ndarray) -> None:
+    """Mono float audio as AAC in an m4a file, as MEAD ships its audio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=audio_lib.SAMPLE_RATE)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(audio_lib.to_int16(wave)[None], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = audio_lib.SAMPLE_RATE, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def test_mead_layout_is_discovered_with_its_labels_and_its_separate_audio(
+    emotion_corpus: Path, tmp_path: Path
+) -> None:
+    """A MEAD tree made from a synthetic clip: the video carries other speech in its own track, the m4a the
+    clip's own; the shards hold the m4a's audio and the labels of the folders, and a clip whose m4a is
+    missing is rejected for it."""
+    source = emotion_corpus / "mp4" / "id00000" / "syn0001" / "00001.mp4"
+    frames = decode_frames(source)
+    speech = audio_lib.speech(
+        len(frames) / 25, int(np.load(source.with_suffix(".npz"))["audio_seed"]), "builtin"
+    )
+    speech = audio_lib.fit_length(speech, len(frames) * audio_lib.SAMPLES_PER_FRAME)
+    other = audio_lib.fit_length(audio_lib.synthesize_speech(len(frames) / 25, seed=99), len(speech))
+    root = tmp_path / "mead"
+    for identity, emotion, level in (("M003", "happy", 2), ("W009", "neutral", 1), ("W011", "sad", 3)):
+        video = root / identity / "video" / "front" / emotion / f"level_{level}" / "001.mp4"
+        write_mp4(video, frames, other)
+        if identity != "W011":
+            write_m4a(root / identity / "audio" / emotion / f"level_{level}" / "001.m4a", speech)
+    clips = discover_clips(root, "mead")
+    assert [(c.clip_id, c.identity, EMOTIONS[c.emotion], c.emotion_level) for c in clips] == [
+        ("M003/happy/level_2/001", "M003", "happy", 2),
+        ("W009/neutral/level_1/001", "W009", "neutral", 1),
+        ("W011/sad/level_3/001", "W011", "sad", 3),
+    ]
+    assert clips[0].audio_path == str(root / "M003" / "audio" / "happy" / "level_2" / "001.m4a")
+    settings = tiny_settings(root, tmp_path / "shards", tmp_path / "work", corpus="mead", overrides=FAST_FIT)
+    run_preprocessing(replace(settings, split_fractions={"train": 1.0}))
+    lines = (tmp_path / "shards" / MANIFEST_NAME).read_text().splitlines()
+    records = {record["clip_id"]: record for record in map(json.loads, lines)}
+    assert records["W011/sad/level_3/001"]["reason"] == "missing"
+    assert records["M003/happy/level_2/001"]["audio_source"] == clips[0].audio_path
+    shards = {c["clip_id"]: c for c in ShardReader(tmp_path / "shards" / "train")}
+    assert sorted(shards) == ["M003/happy/level_2/001", "W009/neutral/level_1/001"]
+    labels = {clip_id: (clip["emotion"], clip["emotion_level"]) for clip_id, clip in shards.items()}
+    assert labels == {
+        "M003/happy/level_2/001": (parse_emotion("happy"), 2),
+        "W009/neutral/level_1/001": (0, 1),
+    }
+    # the stored audio is the m4a's from the tube's first frame on, not the video's own track
+    heard = audio_lib.to_float(shards["M003/happy/level_2/001"]["audio"])
+    first = records["M003/happy/level_2/001"]["start_frame"] * audio_lib.SAMPLES_PER_FRAME
+    own, track = (wave[first : first + len(heard)] for wave in (speech, other))
+    assert np.corrcoef(heard, own)[0, 1] > 0.9 > 0.3 > abs(np.corrcoef(heard, track)[0, 1])
+
+
+def test_other_corpora_are_unlabelled(tmp_path: Path) -> None:
+    """VoxCeleb and LRW clips (and synthetic clips without labels in their npz) are UNKNOWN at level 0 and
+    use their video's own audio; the shards keep the labels exactly, UNKNOWN included, and refuse labels
+    that contradict each other."""
+    for rel in (
+        "vox2/dev/mp4/id00012/abc/00001.mp4",
+        "lrw/lipread_mp4/ABOUT/train/ABOUT_00001.mp4",
+        "syn/mp4/id00000/syn0000/00001.mp4",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    np.savez(tmp_path / "syn/mp4/id00000/syn0000/00001.npz", coeffs=np.zeros((1, 257), np.float32))
+    for folder, corpus in (("vox2", "voxceleb2"), ("lrw", "lrw"), ("syn", "synthetic")):
+        (clip,) = discover_clips(tmp_path / folder, corpus)
+        assert (clip.emotion, clip.emotion_level, clip.audio_path) == (UNKNOWN, 0, None)
+    rng = np.random.default_rng(0)
+    samples = [random_clip_sample(rng, "unknown"), random_clip_sample(rng, "sad", emotion=6, emotion_level=3)]
+    write_shards(samples, tmp_path / "shards")
+    assert [(c["emotion"], c["emotion_level"]) for c in ShardReader(tmp_path / "shards")] == [
+        (UNKNOWN, 0),
+        (6, 3),
+    ]
+    for emotion, level in ((UNKNOWN, 1), (3, 0), (len(EMOTIONS), 1)):
+        with pytest.raises(ValueError, match="emotion"):
+            random_clip_sample(rng, "bad", emotion=emotion, emotion_level=level)
