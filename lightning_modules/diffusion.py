@@ -6,8 +6,11 @@ Plain functions over tensors and a denoiser callable: nothing here knows Lightni
 
 - Training (Ho et al. 2020): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps from `DDPMScheduler.add_noise`;
   the network regresses eps (`epsilon`) or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0
-  (`v_prediction`, Salimans & Ho 2022, `DDPMScheduler.get_velocity`). `clip_sample` is off: normalised
-  motion is not bounded to [-1, 1].
+  (`v_prediction`, Salimans & Ho 2022, `DDPMScheduler.get_velocity`).
+- Every sampling step clips its x_0 estimate to +-`clip_sample_range` (diffusers' `clip_sample`): normalised
+  motion lies within a few units, and at the noisiest steps of the cosine schedule (abar_999 = 2e-9) a
+  noise prediction's x_0 divides its error by sqrt(abar), 5e-5: unclipped, a trained but imperfect network's
+  samples reach 1e4 there and never come back.
 - Sampling: `DDPMScheduler` (ancestral) or `DDIMScheduler` (Song et al. 2021; `eta` 0 is
   deterministic) built from the training schedule's config, with `timestep_spacing="trailing"` by
   default (Lin et al. 2024: few-step samplers should start at the last training timestep).
@@ -39,8 +42,10 @@ def noise_scheduler(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     prediction_type: str = "epsilon",
+    clip_sample_range: float | None = 5.0,
 ) -> DDPMScheduler:
-    """The training noise schedule (beta_start / beta_end are used by the `linear` schedules only)."""
+    """The training noise schedule (beta_start / beta_end are used by the `linear` schedules only);
+    `clip_sample_range` None: x_0 estimates unclipped."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     return DDPMScheduler(
@@ -49,7 +54,8 @@ def noise_scheduler(
         beta_start=beta_start,
         beta_end=beta_end,
         prediction_type=prediction_type,
-        clip_sample=False,
+        clip_sample=clip_sample_range is not None,
+        clip_sample_range=float(clip_sample_range or 1.0),
     )
 
 

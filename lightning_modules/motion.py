@@ -83,6 +83,7 @@ class DiffusionOptions:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction_type: str = "epsilon"
+    clip_sample_range: float | None = 5.0
 
 
 @dataclass
