@@ -134,6 +134,17 @@ def test_the_default_corpus_is_neutral_with_no_offset_and_no_pose_style(tmp_path
         assert np.array_equal(style["tilt"], np.zeros(3))
 
 
+def test_the_emotion_corpus_has_its_own_directories(tmp_path: Path) -> None:
+    """data=synthetic_emotion: the synthetic generator and layout, all 8 emotions, in directories of its
+    own, so that it and the default corpus never rebuild each other."""
+    cfg = compose_config(["data=synthetic_emotion", f"paths.data_dir={tmp_path}"], tmp_path / "config")
+    assert cfg.data.corpus == "synthetic" and list(cfg.data.synthetic.emotions) == list(EMOTIONS)
+    own = tmp_path / "synthetic_emotion"
+    assert Path(cfg.data.shard_dir) == own / "shards"
+    assert Path(cfg.data.preprocess.input_dir) == Path(cfg.data.synthetic.output_dir) == own / "raw"
+    assert Path(cfg.data.preprocess.work_dir) == own / "work"
+
+
 def test_a_speaker_keeps_their_pose_style(tmp_path: Path) -> None:
     """With the emotion corpus's style ranges, two speakers differ in sway size and habitual orientation,
     the same speaker's style being used in every clip."""
