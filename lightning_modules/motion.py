@@ -10,7 +10,8 @@ head *motion* rather than where each person holds their head. A generated pose i
 statistics of a reference clip of the same person (`MotionNormalizer.to_coeffs`).
 
 `MotionDiffusionModule` (stage 1) trains `MotionDiT` (`networks/motion_dit.py`): x_0 noised by the
-diffusers DDPM schedule, MSE on the noise or on the velocity (`diffusion.prediction_type`), audio and
+diffusers DDPM schedule, MSE on the velocity or on the noise (`diffusion.prediction_type`; v by default, see
+conf/model/motion_diffusion.yaml: with the noise a clip-level condition is barely learnt), audio and
 identity dropped independently (learned null embeddings) with `condition_dropout` probabilities, and a
 random clean prefix of up to `motion_prefix.max_frames` frames on a `motion_prefix.probability` share of
 the windows (what lets long sequences continue across windows; prefix frames are left out of the loss).
@@ -25,10 +26,11 @@ sample without one, `identity=None`).
 
 `EmotionControlModule` (stage 2) loads a trained stage-1 checkpoint (`init_checkpoint`), freezes the
 DiT (no gradients, eval mode throughout, so its weights stay bit-identical) and trains only the
-`EmotionController` (`networks/emotion_control.py`), whose zero-initialised residual joins the DiT's
-audio tokens. The batch's `emotion` / `emotion_level` (datamodules.emotions: the label index, or -1 / 0
-when unknown) are the condition; unknown labels and a dropped share (`emotion_dropout`) are the null
-emotion, which is out(audio) of the guidance above. out(null) is the frozen DiT without audio.
+`EmotionController` (`networks/emotion_control.py`), whose zero-initialised residuals join the DiT's
+audio tokens and its adaLN condition. The batch's `emotion` / `emotion_level` (datamodules.emotions: the
+label index, or -1 / 0 when unknown) are the condition; unknown labels and a dropped share
+(`emotion_dropout`) are the null emotion, which is out(audio) of the guidance above. out(null) is the
+frozen DiT without audio.
 
 Validation, per epoch: `val/loss` (the training objective at seeded random timesteps; also `_exp`,
 `_pose`), and on the first `validation.sample_batches` batches a sampled sequence's mouth opening
@@ -82,7 +84,7 @@ class DiffusionOptions:
     beta_schedule: str = "squaredcos_cap_v2"
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    prediction_type: str = "epsilon"
+    prediction_type: str = "v_prediction"
     clip_sample_range: float | None = 5.0
 
 
@@ -743,11 +745,13 @@ class EmotionControlModule(MotionDiffusionModule):
     ) -> torch.Tensor:
         """The frozen DiT with the controller's residual on its audio tokens (none without audio: the
         unconditional model is the DiT's own)."""
-        residual = None
+        residual = condition = None
         if audio is not None:
             with torch.no_grad():
                 tokens = self.net.audio_tokens(audio)
-            residual = self.controller(tokens, emotion, level)
+            residual, condition = self.controller(tokens, emotion, level)
+            if drop_audio is not None:  # the unconditional samples get the DiT's own output
+                condition = torch.where(drop_audio[:, None], torch.zeros_like(condition), condition)
         return self.net(
             x_t,
             timesteps,
@@ -758,6 +762,7 @@ class EmotionControlModule(MotionDiffusionModule):
             prefix,
             prefix_mask,
             audio_residual=residual,
+            condition_residual=condition,
         )
 
     def extra_losses(self, batch: dict[str, Any], batch_idx: int, split: str) -> dict[str, torch.Tensor]:

@@ -43,6 +43,7 @@ TINY_SAMPLING = dict(window_frames=12, overlap_frames=4, steps=4)
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=csv"]
 # The tiny corpus's clips are 30 frames: windows of 16 (eval: whole clips, so sampling joins windows).
 TINY_RUN = [
+    "data=synthetic",  # the tiny corpus (the demos train on data=synthetic_emotion)
     "data.window_frames=16",
     "data.batch_size=2",
     "data.examples_per_clip=1",
@@ -149,8 +150,9 @@ def test_zero_initialisation_dit_outputs_zero_and_controller_adds_nothing(face_m
     out = net(torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), net.encode_audio(batch["mfcc"], 8), None)
     assert torch.equal(out, torch.zeros_like(out))
     controller = EmotionController(model_dim=32, hidden_dim=16, depth=1, heads=2)
-    residual = controller(torch.randn(2, 8, 32), torch.tensor([3, -1]), torch.tensor([2, 0]))
+    residual, condition = controller(torch.randn(2, 8, 32), torch.tensor([3, -1]), torch.tensor([2, 0]))
     assert residual.shape == (2, 8, 32) and torch.equal(residual, torch.zeros_like(residual))
+    assert condition.shape == (2, 32) and torch.equal(condition, torch.zeros_like(condition))
     module = tiny_module(face_model, emotion=True)
     randomise_zero_layers(module.net)
     args = (torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), module.net.encode_audio(batch["mfcc"], 8))
@@ -253,7 +255,8 @@ def test_noise_schedule_round_trip(prediction_type: str, sampler: str) -> None:
 def test_an_imperfect_denoiser_does_not_blow_the_samples_up(sampler: str) -> None:
     """The exact Gaussian-process denoiser with a 5% error on its noise prediction (as a trained network
     has): at t = 999 the x_0 estimate divides that error by sqrt(abar) = 5e-5. Unclipped the samples end
-    tens of units out (DDPM) or hundreds (DDIM); with the configured clipping of x_0 they stay those of the data (std ~1)."""
+    tens of units out (DDPM) or hundreds (DDIM); with the configured clipping of x_0 they stay those of the
+    data (std ~1)."""
     results = {}
     for clip in (None, 5.0):
         train = noise_scheduler(clip_sample_range=clip)
@@ -545,6 +548,77 @@ def test_emotion_stage_trains_the_controller_and_leaves_the_dit_bit_identical(
     torch.testing.assert_close(before["normalizer.expression_mean"], normalizer.expression_mean)
     torch.testing.assert_close(before["normalizer.expression_std"], normalizer.expression_std)
     assert int(before["normalizer.expression_count"]) == count
+
+
+def offset_corpus(batch: int, length: int, offsets: torch.Tensor, gen: torch.Generator) -> dict:
+    """Windows whose expression is a label's lasting offset (an emotion, as the synthetic corpus draws it)
+    plus an audio-driven coefficient and small noise."""
+    coeffs = torch.zeros(batch, length, 257)
+    mfcc = torch.randn(batch, length, 1, 13, 28, generator=gen)
+    emotion = torch.randint(0, len(offsets), (batch,), generator=gen)
+    coeffs[..., 80] = mfcc[:, :, 0, 0, 10:18].mean(-1)
+    coeffs[..., 81:144] = torch.randn(batch, length, 63, generator=gen) * 0.1
+    coeffs[..., 80:144] += offsets[emotion][:, None]
+    coeffs[..., 224:227] = torch.randn(batch, length, 3, generator=gen) * 0.05
+    return {"mfcc": mfcc, "coeffs": coeffs, "emotion": emotion, "emotion_level": torch.ones_like(emotion)}
+
+
+@pytest.mark.slow  # 800 steps of a tiny DiT: about 15 s on one core
+def test_emotion_controller_steers_a_frozen_dit_to_the_label(face_model) -> None:
+    """A DiT trained without labels on clips whose expression carries one of 8 lasting offsets, frozen;
+    an emotion controller trained over it: samples conditioned on a label show that label's offset
+    (nearest of the 8) when the emotion guidance is on, and chance without it; the DiT is untouched."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    offsets = torch.randn(8, 64, generator=gen) * 0.5
+    options = dict(
+        face_model=face_model,
+        optimizer=partial(torch.optim.AdamW, lr=2e-3),
+        sampling={"window_frames": 16, "overlap_frames": 4, "emotion_guidance": 1.0, "audio_guidance": 1.0},
+        motion_prefix={"max_frames": 4},
+        condition_dropout={"audio": 0.1, "identity": 0.1},
+    )
+    dit = dict(TINY_DIT, audio_channels=(16, 32), audio_feature_dim=32)
+    stage1 = MotionDiffusionModule(
+        net=MotionDiT(**dit), **{**options, "sampling": {**options["sampling"], "emotion_guidance": 0.0}}
+    )
+    stage1.normalizer.fit(
+        *expression_moments(
+            c.numpy() for _ in range(5) for c in offset_corpus(32, 16, offsets, gen)["coeffs"]
+        )
+    )
+    optimizer = torch.optim.AdamW(stage1.trainable_parameters(), 2e-3)
+    for _ in range(400):
+        loss = stage1.diffusion_loss(offset_corpus(32, 16, offsets, gen))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    module = EmotionControlModule(
+        controller=EmotionController(model_dim=32, hidden_dim=32, depth=1, heads=2),
+        net=MotionDiT(**dit),
+        **options,
+    )
+    module.load_state_dict(stage1.state_dict(), strict=False)
+    frozen = {k: v.clone() for k, v in module.net.state_dict().items()}
+    module.train()
+    optimizer = torch.optim.AdamW(module.trainable_parameters(), 2e-3)
+    for _ in range(400):
+        module.on_train_batch_start(None, 0)
+        loss = module.diffusion_loss(offset_corpus(32, 16, offsets, gen))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(frozen[k], v) for k, v in module.net.state_dict().items())
+    module.eval()
+    test = offset_corpus(32, 16, offsets, gen)
+    accuracy = {}
+    for weight in (0.0, 1.0):
+        generated = module.generate_coeffs(
+            test, torch.Generator().manual_seed(1), steps=20, emotion_guidance=weight
+        )
+        nearest = torch.cdist(face3d.expression_of(generated).mean(1), offsets).argmin(1)
+        accuracy[weight] = (nearest == test["emotion"]).float().mean().item()
+    assert accuracy[1.0] >= 0.9 and accuracy[0.0] <= 0.35, accuracy
 
 
 def test_emotion_stage_names_a_missing_dit_checkpoint(tmp_path: Path) -> None:

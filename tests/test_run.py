@@ -319,11 +319,11 @@ def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
 ) -> None:
     """`debug=fdr` of each experiment the README shows, at its own (paper or demo) size, on the synthetic
     corpus (the tiny one, which carries semantic images); what would build on another run's checkpoint
-    (stages 3 and 4, the teacher's expert) starts from fresh networks or a random expert here. Training
-    draws enough windows of each clip to fill its batch."""
+    (stages 3 and 4, the emotion stage's DiT, the teacher's expert) starts from fresh networks or a random
+    expert here. Training draws enough windows of each clip to fill its batch."""
     overrides = [f"experiment={experiment}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
     overrides += [*corpus_args, "data.examples_per_clip=32"]
-    if "stage3" in experiment or "stage4" in experiment:
+    if "stage3" in experiment or "stage4" in experiment or "emotion" in experiment:
         overrides.append("model.init_checkpoint=null")
     if experiment == "teacher":
         overrides.append(f"model.syncnet_checkpoint={random_syncnet_expert}")

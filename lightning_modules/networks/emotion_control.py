@@ -8,10 +8,12 @@ condition, a second fuses its output into the DiT. Here:
   (classifier-free guidance) is the learned null emotion, level 0;
 - block 1: the DiT's audio tokens (B, T, d), projected, plus the emotion embedding on every frame,
   through `depth` pre-norm transformer encoder layers over time (torch's `nn.TransformerEncoderLayer`);
-- block 2 (fusion): LayerNorm, MLP, whose last layer is zero-initialised, giving a residual (B, T, d)
-  that the DiT adds to its audio tokens (`MotionDiT.forward(audio_residual=...)`). At initialisation
-  the residual is exactly zero, so training starts from the stage-1 model's behaviour (as ControlNet's
-  zero convolutions, Zhang et al. 2023).
+- block 2 (fusion), into the DiT twice, each a LayerNorm and an MLP whose last layer is zero-initialised:
+  per frame, a residual (B, T, d) the DiT adds to its audio tokens (`audio_residual`); per clip, from the
+  time average, a residual (B, d) added to its adaLN condition (`condition_residual`: the path through
+  which a DiT takes a class label, for an emotion's lasting offset). At initialisation both are exactly
+  zero, so training starts from the stage-1 model's behaviour (as ControlNet's zero convolutions, Zhang
+  et al. 2023).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 
 
 class EmotionController(nn.Module):
-    """(audio tokens (B, T, model_dim), emotion (B,), level (B,)) -> residual (B, T, model_dim)."""
+    """(audio tokens (B, T, model_dim), emotion (B,), level (B,)) -> residuals (B, T, model_dim) of the
+    audio tokens and (B, model_dim) of the adaLN condition."""
 
     def __init__(
         self,
@@ -57,8 +60,16 @@ class EmotionController(nn.Module):
             nn.SiLU(),
             nn.Linear(hidden_dim, model_dim),
         )
-        nn.init.zeros_(self.fusion[-1].weight)
-        nn.init.zeros_(self.fusion[-1].bias)
+        # The clip-level part: block 1's output averaged over time, onto the DiT's adaLN condition.
+        self.global_fusion = nn.Sequential(
+            nn.LayerNorm(hidden_dim),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, model_dim),
+        )
+        for head in (self.fusion, self.global_fusion):
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
     def embed(self, emotion: torch.Tensor | None, level: torch.Tensor | None, batch: int) -> torch.Tensor:
         """(B, hidden): the emotion + level embedding; unknown (< 0, or None) is the null emotion."""
@@ -76,7 +87,8 @@ class EmotionController(nn.Module):
 
     def forward(
         self, audio_tokens: torch.Tensor, emotion: torch.Tensor | None, level: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (residual of the audio tokens (B, T, d), residual of the adaLN condition (B, d))."""
         embedding = self.embed(emotion, level, audio_tokens.shape[0])
-        h = self.audio_input(audio_tokens) + embedding[:, None]
-        return self.fusion(self.block(h))
+        h = self.block(self.audio_input(audio_tokens) + embedding[:, None])
+        return self.fusion(h), self.global_fusion(h.mean(dim=1))

@@ -312,11 +312,13 @@ class MotionDiT(nn.Module):
         prefix: torch.Tensor | None = None,
         prefix_mask: torch.Tensor | None = None,
         audio_residual: torch.Tensor | None = None,
+        condition_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """motion (B, T, D) noised; timesteps (B,) or scalar; audio (B, T, F) features or None (dropped);
         identity (B, 80) or None (dropped); drop_audio / drop_identity (B,) bool: samples whose condition
         is replaced by its null embedding; prefix (B, T, D) clean frames where prefix_mask (B, T) is
-        true; audio_residual (B, T, d): added to the audio tokens of the samples that keep their audio."""
+        true; audio_residual (B, T, d): added to the audio tokens of the samples that keep their audio;
+        condition_residual (B, d): added to the adaLN condition (timestep + identity)."""
         batch, length, _ = motion.shape
         device = motion.device
         timesteps = torch.as_tensor(timesteps, device=device).reshape(-1).expand(batch)
@@ -347,6 +349,8 @@ class MotionDiT(nn.Module):
             if drop_identity is not None:
                 identity_embedding = torch.where(drop_identity[:, None], null_identity, identity_embedding)
         condition = condition + identity_embedding
+        if condition_residual is not None:
+            condition = condition + condition_residual
 
         # Cross-attention keys carry the frame positions too, so that attention can align in time.
         audio_context = audio_tokens + positions
