@@ -178,9 +178,9 @@ def silence_weights(
     for start, stop in zip(edges[::2], edges[1::2]):
         if (stop - start) / rate < min_s:
             continue
-        t = np.arange(start, stop) / rate
-        inside = np.minimum(t - start / rate, stop / rate - t)
-        weight[start:stop] = np.clip(inside / max(ramp_s, 1e-6), 0.0, 1.0)
+        frame = np.arange(start, stop)
+        inside = np.minimum(frame - start, stop - frame)  # whole frames from the stretch's ends
+        weight[start:stop] = np.clip(inside / max(ramp_s * rate, 1e-6), 0.0, 1.0)
     index = np.clip(np.round(times * rate).astype(int), 0, count - 1)
     return np.where(times * rate < count, weight[index], 0.0)
 

@@ -362,6 +362,7 @@ def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], l
     """Each table as a W&B table (and whatever the other configured loggers do with a table)."""
     from lightning_modules.training import _finish_wandb, instantiate_group
 
+    _finish_wandb(False)  # a run left open in this process (a sweep's last job) must not get these tables
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if hasattr(logger, "log_table"):
