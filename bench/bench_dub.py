@@ -11,6 +11,11 @@
 - The per-step breakdown of each job (seconds and share).
 - Peak memory (the job's peak resident set, each job in its own process) against the video's length:
   `--seconds` (10 and 60 by default); it must not grow with the length (chunks of `dub.chunk_frames`).
+- The mouth in silence: the inner-lip gap (px at the crop size, of the landmarks projected from the
+  expressions that drive I_3D) of the demo pipeline on each test clip driven by 1 s of speech, 1 s of
+  digital silence and 1 s of speech, in the silent second and in the speech, with the silence gate
+  (`dub.pipeline.silence`) and without it, beside the fitted ground truth's gap in the clips' own quiet
+  and loud frames.
 The face video is a test clip of the synthetic corpus played back and forth to the length asked for,
 with built-in speech of that length. Prints markdown tables (docs/benchmarks.md has the figures).
 """
@@ -120,6 +125,59 @@ def dub_job(video: Path, overrides: list[str], log_dir: Path) -> dict:
     return report
 
 
+INNER_LIPS = ((61, 67), (62, 66), (63, 65))
+
+
+def inner_lip_gap(dubber, track, expression):
+    """(T,) mean distance in crop pixels of the inner lips' facing points, projected from `expression`."""
+    import torch
+
+    import face3d
+
+    coeffs = face3d.with_expression(torch.from_numpy(track.coeffs), torch.from_numpy(expression))
+    points = dubber.face_model.landmarks_2d(coeffs, dubber.camera.resized(track.crops.shape[1]))
+    return torch.stack([(points[:, a] - points[:, b]).norm(dim=-1) for a, b in INNER_LIPS]).mean(0).numpy()
+
+
+def silence_table(a2e: str, renderer: str, data_dir: Path) -> list[str]:
+    """The mouth in silence (module docstring), as markdown rows."""
+    import numpy as np
+    import torch
+
+    import face3d
+    from datamodules import audio as audio_lib
+    from lightning_modules.dubbing import Speech, SynergyDubber
+    from lightning_modules.evaluation import clip_track, test_clips
+
+    gate = {"threshold_db": -45.0, "min_s": 0.2, "ramp_s": 0.1}
+    dubbers = {
+        "with the gate": SynergyDubber(a2e, renderer, silence=gate),
+        "stage 1 alone": SynergyDubber(a2e, renderer, silence=None),
+    }
+    rows = []
+    for clip in test_clips(data_dir / "synthetic" / "shards" / "test"):
+        track, own = clip_track(clip)
+        n = len(track)
+        parts = [
+            audio_lib.synthesize_speech(1.0, 5),
+            np.zeros(16000, np.float32),
+            audio_lib.synthesize_speech(1.0, 6),
+        ]
+        speech = Speech.from_wave(np.concatenate(parts)[: n * 640])
+        t = np.arange(n) / 25
+        silent, spoken = (t > 1.15) & (t < 1.85), (t < 0.9) | (t > 2.1)
+        loudness = audio_lib.frame_features(own.wave, n)[:, 0]
+
+        fitted = face3d.expression_of(torch.from_numpy(track.coeffs)).numpy()
+        truth = inner_lip_gap(dubbers["stage 1 alone"], track, fitted)
+        cells = [f"{truth[loudness < 0.05].mean():.2f}", f"{truth[loudness > 0.3].mean():.2f}"]
+        for dubber in dubbers.values():
+            g = inner_lip_gap(dubber, track, dubber.expressions(track, speech))
+            cells += [f"{g[silent].mean():.2f}", f"{g[spoken].mean():.2f}"]
+        rows.append(f"| {clip['clip_id']} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=str(ROOT / "data"), help="paths.data_dir of `make demo`")
@@ -136,6 +194,9 @@ def main() -> None:
         f"dub.pipeline.renderer_checkpoint={log_dir}/train/demo_stage4/demo_stage4/checkpoints/last.ckpt",
         f"dub.device={args.device}",
     ]
+    missing = [o.split("=", 1)[1] for o in demo[:2] if not Path(o.split("=", 1)[1]).is_file()]
+    if missing:
+        raise SystemExit(f"bench_dub needs the demo chain's checkpoints ({missing}): run `make demo` first")
     paper = paper_size_checkpoints(work / "paper")
     paper_overrides = [
         f"dub.pipeline.a2e_checkpoint={paper['a2e']}",
@@ -143,10 +204,11 @@ def main() -> None:
         f"dub.pipeline.teacher_checkpoint={paper['teacher']}",
         f"dub.device={args.device}",
     ]
+    silence = silence_table(demo[0].split("=", 1)[1], demo[1].split("=", 1)[1], data_dir)
     reference = wav2lip_rate(args.device)
     rows = []
-    # Paper size on the shortest video only: its speed is per frame, and its memory is measured at demo size.
-    jobs = [("demo", s, demo) for s in args.seconds] + [("paper", min(args.seconds), paper_overrides)]
+    # Paper size on a 4-s video only: its speed is per frame, and its memory is measured at demo size.
+    jobs = [("demo", s, demo) for s in args.seconds] + [("paper", min(4.0, *args.seconds), paper_overrides)]
     for size, seconds, overrides in jobs:
         video = face_video(data_dir, seconds, work / f"face_{seconds:g}s.mp4")
         report = dub_job(video, overrides, work / f"logs_{size}_{seconds:g}")
@@ -178,6 +240,12 @@ def main() -> None:
         total = sum(r["seconds"][s] for s in STEPS) or 1.0
         cells = [f"{r['seconds'][s]:.1f} s ({100 * r['seconds'][s] / total:.0f}%)" for s in STEPS]
         print(f"| {r['size']} | {r['length_s']:g} s | " + " | ".join(cells) + " |")
+    print(
+        "\n| test clip | truth: quiet frames | truth: loud frames | gate: silence | gate: speech "
+        "| stage 1 alone: silence | stage 1 alone: speech |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(silence))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules.audio import SAMPLE_RATE
 from datamodules.datasets import MOUTH_HULL_POINTS
 from datamodules.preprocess.clip import ClipOptions, Tools, fit_face
 from datamodules.preprocess.detect import Face
@@ -279,12 +280,12 @@ class Dubber:
         plan = output_plan(
             info.num_frames,
             fps,
-            len(wave) / 16000,
+            len(wave) / SAMPLE_RATE,
             str(settings.on_long_audio),
             float(settings.long_audio_tolerance_s),
         )
         duration = len(plan) / fps
-        samples = int(round(duration * 16000))
+        samples = int(round(duration * SAMPLE_RATE))
         wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
         speech = Speech.from_wave(wave)
         seconds = dict.fromkeys(("decode", "analysis", "a2e", "render", "paste", "encode"), 0.0)

@@ -162,6 +162,29 @@ def _float_images(crops: np.ndarray, size: int, device: torch.device | str) -> T
     return _resize(images, size).clamp(0, 1)
 
 
+def silence_weights(
+    wave: np.ndarray, times: np.ndarray, threshold_db: float, min_s: float, ramp_s: float
+) -> np.ndarray:
+    """(T,) weights in [0, 1] of the closed mouth at `times` (s): 1 inside stretches of at least `min_s`
+    where the speech's RMS over each 25 fps frame stays below `threshold_db` dBFS, falling linearly to 0
+    over `ramp_s` inside each stretch's ends (the mouth closes and opens smoothly, ahead of the sound)."""
+    spf = audio_lib.SAMPLES_PER_FRAME
+    count = max(1, int(np.ceil(len(wave) / spf)))
+    frames = np.pad(wave, (0, count * spf - len(wave))).reshape(count, spf).astype(np.float64)
+    quiet = 20 * np.log10(np.sqrt((frames**2).mean(axis=1)) + 1e-10) < threshold_db
+    rate = audio_lib.VIDEO_FPS
+    weight = np.zeros(count)
+    edges = np.flatnonzero(np.diff(np.r_[0, quiet.astype(int), 0]))
+    for start, stop in zip(edges[::2], edges[1::2]):
+        if (stop - start) / rate < min_s:
+            continue
+        frame = np.arange(start, stop)
+        inside = np.minimum(frame - start, stop - frame)  # whole frames from the stretch's ends
+        weight[start:stop] = np.clip(inside / max(ramp_s * rate, 1e-6), 0.0, 1.0)
+    index = np.clip(np.round(times * rate).astype(int), 0, count - 1)
+    return np.where(times * rate < count, weight[index], 0.0)
+
+
 class SynergyDubber:
     """Stage 1 + the renderer (METHOD.md 1.1). `a2e_checkpoint`: an experiment=stage1 / demo run's
     checkpoint; `renderer_checkpoint`: a stage 2, 3 or 4 run's; `teacher_checkpoint`: the Wav2Lip teacher
@@ -169,7 +192,9 @@ class SynergyDubber:
     `a2e_context` frames of speech on each side of a track give the Bi-LSTM its context; `batch_size`
     frames go through the renderer at once; the references (`num_references` of the renderer's config)
     are chosen once per track, so every frame of a track is made from the same ones (no flicker from
-    references that change frame to frame)."""
+    references that change frame to frame). `silence` ({threshold_db, min_s, ramp_s}, or None to switch
+    it off) closes the mouth in silent stretches of the speech, where stage 1 only drifts towards the mean
+    mouth: the expression is blended into the neutral one (0) by `silence_weights`."""
 
     name = "synergydub"
 
@@ -182,8 +207,10 @@ class SynergyDubber:
         batch_size: int = 16,
         a2e_context: int = 12,
         seed: int = 0,
+        silence: dict[str, float] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.silence = dict(silence) if silence else None
         self.a2e, a2e_cfg = load_trained_module(a2e_checkpoint, device)
         self.renderer, renderer_cfg = load_trained_module(renderer_checkpoint, device)
         self.config = renderer_cfg
@@ -240,9 +267,13 @@ class SynergyDubber:
             )
             semantic = _resize(semantic, self.semantic_size)[None]
         expression = self.a2e.net(mfcc[None].float(), semantic)[0].float().cpu().numpy()
-        return np.stack(
+        expression = np.stack(
             [np.interp(track.times * rate, ticks, expression[:, k]) for k in range(expression.shape[1])], 1
-        ).astype(np.float32)
+        )
+        if self.silence:
+            closed = silence_weights(speech.wave, track.times, **self.silence)
+            expression = expression * (1.0 - closed[:, None])
+        return expression.astype(np.float32)
 
     # --- the renderer ----------------------------------------------------------------------------
 

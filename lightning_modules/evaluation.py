@@ -153,70 +153,83 @@ def update_sync(metric: LipSyncMetric, track: FaceTrack, frames: np.ndarray, wav
 # --- Table 1 -------------------------------------------------------------------------------------------
 
 
+def lmd_backend(cfg: DictConfig) -> str:
+    """`eval.lmd_backend`; `auto`: face_alignment's 2D-FAN when its file is in weights_dir, else dlib."""
+    from datamodules.preprocess.detect import FAN_FILE
+
+    choice = str(cfg.eval.lmd_backend)
+    if choice != "auto":
+        return choice
+    return "face_alignment" if (Path(cfg.paths.weights_dir) / FAN_FILE).is_file() else "dlib"
+
+
 class RowScores:
-    """The Table 1 metrics of one row, accumulated over clips (torchmetrics: exact over the split)."""
+    """The Table 1 metrics of one row. Each clip is scored once, by fresh metric objects (its per-clip
+    values), and the row is the frame-weighted mean of those (clip means for LSE, whose protocol is per
+    clip; sums of changes for the stability ratio; FID over every frame at once): the same numbers as one
+    pass over the whole split, without scoring a frame twice."""
 
     def __init__(self, cfg: DictConfig, sync: LipSyncMetric | None, with_images: bool) -> None:
         weights_dir = cfg.paths.weights_dir
-        self.with_images = with_images
-        self.images = {}
+        self.metrics: dict[str, Any] = {}
+        self.fid = None
         if with_images:
-            self.images = {
+            self.metrics = {
                 "PSNR": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
                 "SSIM": StructuralSimilarityIndexMeasure(data_range=1.0),
-                "LMD": ImageLandmarkDistance(),
+                "LMD": ImageLandmarkDistance(backend=lmd_backend(cfg), weights_dir=weights_dir),
                 "CSIM": CSIM(backend=str(cfg.eval.csim_backend), weights_dir=weights_dir),
             }
             lpips = lpips_metric(weights_dir)
             if lpips is not None:
-                self.images["LPIPS"] = lpips
-            fid = fid_metric(weights_dir)
-            if fid is not None:
-                self.images["FID"] = fid
-        self.sync = None if sync is None else sync.clone()
+                self.metrics["LPIPS"] = lpips
+            self.fid = fid_metric(weights_dir)
+        self.sync = sync
         self.stability = TemporalStability()
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def _add(self, name: str, value: float, count: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value * count
+        self.counts[name] = self.counts.get(name, 0.0) + count
 
     def update(self, track: FaceTrack, output: Tensor, mask: Tensor, wave: np.ndarray) -> dict[str, float]:
         """One clip; returns its own values (the per-clip CSV)."""
         truth = _images(track.crops)
         clip: dict[str, float] = {}
-        if self.with_images:
-            boxes = torch.from_numpy(np.concatenate([track.landmarks.min(1), track.landmarks.max(1)], 1))
-            for name, metric in self.images.items():
-                single = metric.clone()
-                single.reset()
-                for part in (single, metric):
-                    if name == "LMD":
-                        part.update(output, truth, torch.from_numpy(track.landmarks))
-                    elif name == "CSIM":
-                        part.update(output, truth, boxes)
-                    elif name == "FID":
-                        part.update((truth * 255).to(torch.uint8), real=True)
-                        part.update((output * 255).round().to(torch.uint8), real=False)
-                    else:
-                        part.update(output, truth)
-                if name != "FID":
-                    clip[name] = float(single.compute())
+        boxes = torch.from_numpy(np.concatenate([track.landmarks.min(1), track.landmarks.max(1)], 1))
+        for name, prototype in self.metrics.items():
+            metric = prototype.clone()
+            metric.reset()
+            if name == "LMD":
+                metric.update(output, truth, torch.from_numpy(track.landmarks))
+            elif name == "CSIM":
+                metric.update(output, truth, boxes)
+            else:
+                metric.update(output, truth)
+            clip[name] = float(metric.compute())
+            self._add(name, clip[name], float(metric.count) if name == "CSIM" else len(track))
+        if self.fid is not None:
+            self.fid.update((truth * 255).round().to(torch.uint8), real=True)
+            self.fid.update((output * 255).round().to(torch.uint8), real=False)
         if self.sync is not None:
-            single = self.sync.clone()
-            single.reset()
-            for part in (single, self.sync):
-                update_sync(part, track, _uint8(output), wave)
-            values = single.compute()
+            metric = self.sync.clone()
+            metric.reset()
+            update_sync(metric, track, _uint8(output), wave)
+            values = metric.compute()
             clip["LSE-D"], clip["LSE-C"] = float(values["lse_d"]), float(values["lse_c"])
+            self._add("LSE-D", clip["LSE-D"], 1)
+            self._add("LSE-C", clip["LSE-C"], 1)
         single = TemporalStability()
-        for part in (single, self.stability):
+        for part in (single, self.stability):  # tensor arithmetic only: cheap to do twice
             part.update(output, truth, mask)
         clip["mouth change / source"] = float(single.compute()["ratio"])
         return clip
 
     def compute(self) -> dict[str, float]:
-        out = {}
-        for name, metric in self.images.items():
-            out[name] = float(metric.compute())
-        if self.sync is not None:
-            values = self.sync.compute()
-            out["LSE-D"], out["LSE-C"] = float(values["lse_d"]), float(values["lse_c"])
+        out = {name: self.sums[name] / max(self.counts[name], 1e-12) for name in self.sums}
+        if self.fid is not None:
+            out["FID"] = float(self.fid.compute())
         out["mouth change / source"] = float(self.stability.compute()["ratio"])
         return out
 
@@ -230,14 +243,13 @@ def evaluate_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], list[dict[st
     sync = sync_metric(cfg)
     feather = float(cfg.dub.feather)
     rows, per_clip = [], []
-    truth_row = RowScores(cfg, sync, with_images=False)
     tracks = [clip_track(clip) for clip in clips]
-    if sync is not None:
-        for track, speech in tracks:
-            update_sync(truth_row.sync, track, track.crops, speech.wave)
     truth_values = {"LSE-D": math.nan, "LSE-C": math.nan}
     if sync is not None:
-        values = truth_row.sync.compute()
+        truth = sync.clone()
+        for track, speech in tracks:
+            update_sync(truth, track, track.crops, speech.wave)
+        values = truth.compute()
         truth_values = {"LSE-D": float(values["lse_d"]), "LSE-C": float(values["lse_c"])}
     rows.append({"model": "ground truth", "setting": "real frames", **truth_values})
     for name, node in cfg.eval.models.items():
@@ -350,6 +362,7 @@ def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], l
     """Each table as a W&B table (and whatever the other configured loggers do with a table)."""
     from lightning_modules.training import _finish_wandb, instantiate_group
 
+    _finish_wandb(False)  # a run left open in this process (a sweep's last job) must not get these tables
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if hasattr(logger, "log_table"):
@@ -369,8 +382,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.models:
         rows, per_clip, sync_name = evaluate_models(cfg)
         keys = ["model", "setting", *TABLE1_COLUMNS]
+        csim = (
+            "ArcFace"
+            if CSIM(str(cfg.eval.csim_backend), cfg.paths.weights_dir).backend == "arcface"
+            else "dlib"
+        )
         note = (
             f"Every frame of the {cfg.eval.split} split ({cfg.data.shard_dir}). Sync: {sync_name}. "
+            f"LMD: {lmd_backend(cfg)} landmarks; CSIM: {csim} identity embeddings. "
             "'own speech': each clip re-dubbed with its own audio, scored against its frames; "
             "'other speech': dubbed with the next test clip's audio (only Sync and the mouth change mean "
             "anything there). Mouth change / source: the generated mouth's mean frame-to-frame change over "
@@ -386,7 +405,18 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.a2e_checkpoints:
         rows = evaluate_a2e(cfg)
         keys = ["model", *TABLE3_COLUMNS]
-        text = write_table(out_dir / "table3", rows, keys, f"Every frame of the {cfg.eval.split} split.")
+        expert = cfg.eval.get("syncnet_checkpoint")
+        sync = (
+            f"LSE-C of faces rendered with the predicted expressions, by the suite's expert {expert} (not "
+            "comparable with syncnet_v2)"
+            if expert and Path(expert).is_file()
+            else f"none ({expert} does not exist)"
+        )
+        note = (
+            f"Every frame of the {cfg.eval.split} split. LMD: pixels of the face model's camera between the "
+            f"landmarks projected with the predicted and the fitted expressions. Sync: {sync}."
+        )
+        text = write_table(out_dir / "table3", rows, keys, note)
         print(f"\nTable 3 layout ({out_dir / 'table3.md'}):\n{text}")
         result["table3"] = rows
         tables["eval/table3"] = (rows, keys)

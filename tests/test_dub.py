@@ -309,7 +309,7 @@ def test_eval_writes_table_1_with_the_wav2lip_row_and_table_3(tiny_chain, corpus
         [
             *corpus_args,
             "task=eval",
-            "logger=csv",
+            "logger=many",
             f"paths.log_dir={tmp_path}",
             f"eval.models.synergydub.a2e_checkpoint={tiny_chain.a2e}",
             f"eval.models.synergydub.renderer_checkpoint={tiny_chain.renderer}",
@@ -335,6 +335,42 @@ def test_eval_writes_table_1_with_the_wav2lip_row_and_table_3(tiny_chain, corpus
     assert "| wav2lip | own speech |" in table and "Sync: none" in table
     per_clip = (tmp_path / "run" / "table1_per_clip.csv").read_text().splitlines()
     assert per_clip[0].startswith("model,setting,clip_id,PSNR") and len(per_clip) == 1 + 2 * 2
+    # The tables are in the run's offline W&B run too.
+    from tests.helpers import wandb_history_keys, wandb_records
+
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    keys = wandb_history_keys(wandb_records(next(run.glob("run-*.wandb"))))
+    assert {"eval/table1", "eval/table3"} <= keys, keys
     (demo, baseline) = result["table3"]
     assert demo["model"] == "demo" and demo["AED"] > 0 and baseline["AED"] > 0
     assert (tmp_path / "run" / "table3.csv").is_file()
+
+
+def test_silent_stretches_of_the_speech_close_the_mouth(tiny_chain, tiny_corpus) -> None:
+    """The silence gate: in a stretch of silence the expression is the neutral one (lips closed), in
+    sound it is stage 1's, with a ramp between; shorter gaps than `min_s` are left to stage 1."""
+    from lightning_modules.dubbing import Speech, SynergyDubber, silence_weights
+    from lightning_modules.evaluation import clip_track, test_clips
+
+    rate = 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(0.4 * rate)) / rate)
+    wave = np.concatenate([tone, np.zeros(int(0.4 * rate)), tone, np.zeros(int(0.1 * rate)), tone])
+    wave = wave.astype(np.float32)
+    times = np.arange(int(len(wave) / 640)) / 25
+    weights = silence_weights(wave, times, threshold_db=-45, min_s=0.2, ramp_s=0.08)
+    assert weights[:10].max() == 0 and weights[12:18].min() == 1 and weights[20:].max() == 0
+    assert 0 < weights[10] < 1 or 0 < weights[11] < 1  # the ramp
+    track, _ = clip_track(next(test_clips(tiny_corpus.shard_dir / "test")))
+    speech = Speech.from_wave(np.resize(wave, len(track) * 640))
+    gated = SynergyDubber(
+        str(tiny_chain.a2e),
+        str(tiny_chain.renderer),
+        silence={"threshold_db": -45, "min_s": 0.2, "ramp_s": 0.08},
+    )
+    plain = SynergyDubber(str(tiny_chain.a2e), str(tiny_chain.renderer), silence=None)
+    closed, free = gated.expressions(track, speech), plain.expressions(track, speech)
+    quiet = silence_weights(speech.wave, track.times, -45, 0.2, 0.08) == 1
+    assert quiet.sum() >= 5
+    assert np.abs(closed[quiet]).max() == 0 and np.abs(free[quiet]).max() > 0
+    loud = silence_weights(speech.wave, track.times, -45, 0.2, 0.08) == 0
+    np.testing.assert_array_equal(closed[loud], free[loud])
