@@ -143,6 +143,7 @@ def test_voxceleb_config_serves_semantic_images_at_the_configured_size(tmp_path:
     what Table 7 counts (about 14.3 G multiply-accumulates for T = 20), not the 56 G of 256 px images."""
     import hydra
 
+    from datamodules.preprocess import PREPROCESS_VERSION
     from datamodules.recipe import face_model_recipe, write_recipe
     from datamodules.shards import MANIFEST_NAME, random_clip_sample, write_shards
     from tests.helpers import compose_config
@@ -160,7 +161,8 @@ def test_voxceleb_config_serves_semantic_images_at_the_configured_size(tmp_path:
     cfg = compose_config(
         ["experiment=stage1", "data=voxceleb2", f"data.shard_dir={shards}"], tmp_path / "run"
     )
-    write_recipe(shards, {"face_model": face_model_recipe(cfg.data.preprocess.face_model)})
+    recipe = {"version": PREPROCESS_VERSION, "face_model": face_model_recipe(cfg.data.preprocess.face_model)}
+    write_recipe(shards, recipe)
     (shards / MANIFEST_NAME).write_text("")
     cfg.data.batch_size, cfg.data.num_workers, cfg.data.examples_per_clip = 1, 0, 1
     datamodule = hydra.utils.instantiate(cfg.data)
