@@ -37,19 +37,15 @@ STEPS = ("decode", "analysis", "a2e", "render", "paste", "encode")
 
 def face_video(data_dir: Path, seconds: float, out: Path) -> Path:
     """A test clip of the corpus, forward and back to `seconds`, with `seconds` of speech."""
-    import numpy as np
-
     from datamodules import audio as audio_lib
     from datamodules.preprocess.video import decode_frames, write_mp4
+    from lightning_modules.dub import output_plan
 
     manifest = data_dir / "synthetic" / "shards" / "manifest.jsonl"
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
     source = next(r["source"] for r in records if r["status"] == "accepted" and r["split"] == "test")
     frames = decode_frames(source)
-    count = int(round(seconds * 25))
-    period = 2 * len(frames) - 2
-    index = np.arange(count) % period
-    index = np.where(index < len(frames), index, period - index)
+    index = output_plan(len(frames), 25, seconds, "pingpong")[: int(round(seconds * 25))]
     write_mp4(out, frames[index], audio_lib.synthesize_speech(seconds, seed=11), fps=25, crf=18)
     return out
 

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from datamodules.audio import SAMPLE_RATE
+from datamodules.audio import SAMPLE_RATE, fit_length
 from datamodules.datasets import MOUTH_HULL_POINTS
 from datamodules.preprocess.clip import ClipOptions, Tools, fit_face
 from datamodules.preprocess.detect import Face
@@ -286,8 +286,7 @@ class Dubber:
         )
         duration = len(plan) / fps
         samples = int(round(duration * SAMPLE_RATE))
-        wave = np.pad(wave[:samples], (0, max(0, samples - len(wave))))
-        speech = Speech.from_wave(wave)
+        speech = Speech.from_wave(fit_length(wave, samples))
         seconds = dict.fromkeys(("decode", "analysis", "a2e", "render", "paste", "encode"), 0.0)
         reader = FrameReader(video, info)
         writer = Mp4Writer(

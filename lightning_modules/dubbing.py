@@ -350,9 +350,7 @@ class Wav2LipDubber:
 
     name = "wav2lip"
 
-    def __init__(
-        self, checkpoint: str, device: str = "cpu", batch_size: int = 32, mel_lead: int = 1, **_: Any
-    ) -> None:
+    def __init__(self, checkpoint: str, device: str = "cpu", batch_size: int = 32, mel_lead: int = 1) -> None:
         from lightning_modules.networks.wav2lip import load_wav2lip
 
         self.device = torch.device(device)

@@ -37,13 +37,14 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from datamodules.audio import mel_windows
+from datamodules.audio import SAMPLES_PER_FRAME, fit_length, mel_windows
 from datamodules.datasets import ClipDataset, ViewOptions, mfcc_windows
 from datamodules.shards import decode_images
 from face3d import expression_of
 from lightning_modules.dub import paste_weights
 from lightning_modules.dubbing import DubbedTrack, FaceTrack, Speech, build_dubber, load_trained_module
 from lightning_modules.metrics import (
+    ARCFACE_FILE,
     CSIM,
     MOUTH_LANDMARKS,
     ImageLandmarkDistance,
@@ -88,9 +89,7 @@ def clip_track(clip: dict[str, Any]) -> tuple[FaceTrack, Speech]:
 
 def speech_for(speech: Speech, num_frames: int) -> Speech:
     """Another clip's speech cut or silence-padded to `num_frames` frames (the cross-dubbing setting)."""
-    samples = num_frames * 640
-    wave = np.pad(speech.wave[:samples], (0, max(0, samples - len(speech.wave))))
-    return Speech.from_wave(wave)
+    return Speech.from_wave(fit_length(speech.wave, num_frames * SAMPLES_PER_FRAME))
 
 
 def _images(frames: np.ndarray) -> Tensor:
@@ -382,11 +381,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.models:
         rows, per_clip, sync_name = evaluate_models(cfg)
         keys = ["model", "setting", *TABLE1_COLUMNS]
-        csim = (
-            "ArcFace"
-            if CSIM(str(cfg.eval.csim_backend), cfg.paths.weights_dir).backend == "arcface"
-            else "dlib"
-        )
+        arcface = Path(cfg.paths.weights_dir) / ARCFACE_FILE
+        auto_arcface = cfg.eval.csim_backend == "auto" and arcface.is_file()
+        csim = "ArcFace" if cfg.eval.csim_backend == "arcface" or auto_arcface else "dlib"
         note = (
             f"Every frame of the {cfg.eval.split} split ({cfg.data.shard_dir}). Sync: {sync_name}. "
             f"LMD: {lmd_backend(cfg)} landmarks; CSIM: {csim} identity embeddings. "
