@@ -90,8 +90,13 @@ def fit_landmarks(
     w_exp: float = 1.0,
     w_smooth: float = 1.0,
     landmark_weights: torch.Tensor | Mapping[int, float] | None = None,
+    identity: torch.Tensor | None = None,
 ) -> FitResult:
     """Fit one clip: landmarks (T, 68, 2) in `camera` pixels -> FitResult with coeffs (T, 257).
+
+    `identity`: (80,) coefficients to hold fixed (a speaker's, shared over their clips), or None to fit
+    the clip's own. A clip's own identity, shared over its frames under a weak prior, takes up whatever
+    lasts through the clip, a held emotion included; a speaker's keeps it in the expression.
 
     `landmark_weights`: a (68,) tensor, or {index: weight} with 1 for the others (the config form);
     None: `DEEP3D_LANDMARK_WEIGHTS`.
@@ -110,7 +115,11 @@ def fit_landmarks(
     with torch.no_grad():
         trans0 = initial_pose(model, camera, obs)
     params = {
-        "id": torch.zeros(1, COEFF_DIMS["id"], device=device, requires_grad=True),
+        "id": (
+            torch.zeros(1, COEFF_DIMS["id"], device=device, requires_grad=True)
+            if identity is None
+            else identity.detach().float().reshape(1, COEFF_DIMS["id"]).to(device)
+        ),
         "exp": torch.zeros(frames, COEFF_DIMS["exp"], device=device, requires_grad=True),
         "angle": torch.zeros(frames, 3, device=device, requires_grad=True),
         "trans": trans0.clone().requires_grad_(True),
@@ -148,7 +157,8 @@ def fit_landmarks(
             schedule.step()
 
     run(["angle", "trans"], rigid_steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=False))
-    run(["id", "exp", "angle", "trans"], steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=True))
+    shape_params = ["exp", "angle", "trans"] if identity is not None else ["id", "exp", "angle", "trans"]
+    run(shape_params, steps, lr, lambda: landmark_energy(coeffs(), with_shape_terms=True))
 
     with torch.no_grad():
         final = coeffs().detach()

@@ -224,6 +224,34 @@ class MotionNormalizer(nn.Module):
         return MorphableModel.join_coeffs(**parts)
 
 
+def fit_to_training_set(normalizer: MotionNormalizer, trainer: L.Trainer) -> None:
+    """`normalizer.fit` on the expressions of the training shards (`datamodule.split_dir("train")`), else of
+    one epoch of the datamodule's training loader; summed over the ranks, which is right whether each rank
+    read the whole split or its own share."""
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        raise ValueError(
+            "the expression statistics come from the training data: fit with a datamodule, or call "
+            "module.normalizer.fit(*expression_moments(...)) first"
+        )
+    if hasattr(datamodule, "split_dir"):
+        from datamodules.shards import ShardReader
+
+        moments = expression_moments(clip["coeffs"] for clip in ShardReader(datamodule.split_dir("train")))
+    else:
+        loader = datamodule.train_dataloader()
+        moments = expression_moments(c for batch in loader for c in batch["coeffs"].cpu().numpy())
+    strategy = trainer.strategy
+    total, squares, count = (
+        strategy.reduce(
+            torch.as_tensor(x, dtype=torch.float64, device=strategy.root_device), reduce_op="sum"
+        ).cpu()
+        for x in moments
+    )
+    normalizer.fit(total, squares, int(count.round().item()))
+    log.info("expression statistics from %d training frames", int(count.round().item()))
+
+
 # --- metrics -------------------------------------------------------------------------------------------
 
 
@@ -337,32 +365,7 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         """The expression statistics of the training set, at the start of a fresh training run (a resumed
         run or a loaded checkpoint overwrites them with its own)."""
         if stage == "fit" and not self.normalizer.fitted:
-            total, squares, count = self._training_moments()
-            strategy = self.trainer.strategy
-            device = strategy.root_device
-            # Summed over the ranks: right whether each rank read the whole split or its own share.
-            total, squares, count = (
-                strategy.reduce(torch.as_tensor(x, dtype=torch.float64, device=device), reduce_op="sum").cpu()
-                for x in (total, squares, count)
-            )
-            self.normalizer.fit(total, squares, int(count.round().item()))
-            log.info("expression statistics from %d training frames", int(count.round().item()))
-
-    def _training_moments(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """From the training shards (`datamodule.split_dir("train")`), else from one epoch of the
-        datamodule's training loader."""
-        datamodule = self.trainer.datamodule
-        if datamodule is None:
-            raise ValueError(
-                "the expression statistics come from the training data: fit with a datamodule, or call "
-                "module.normalizer.fit(*expression_moments(...)) first"
-            )
-        if hasattr(datamodule, "split_dir"):
-            from datamodules.shards import ShardReader
-
-            return expression_moments(clip["coeffs"] for clip in ShardReader(datamodule.split_dir("train")))
-        loader = datamodule.train_dataloader()
-        return expression_moments(c for batch in loader for c in batch["coeffs"].cpu().numpy())
+            fit_to_training_set(self.normalizer, self.trainer)
 
     def train(self, mode: bool = True) -> MotionDiffusionModule:
         super().train(mode)

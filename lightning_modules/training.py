@@ -57,6 +57,7 @@ def run_task(cfg: DictConfig) -> float | None:
         "preprocess": _preprocess,
         "dub": _dub,
         "eval": _eval,
+        "eval_motion": _eval_motion,
     }
     if cfg.task not in tasks:
         raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
@@ -85,6 +86,12 @@ def _eval(cfg: DictConfig) -> None:
     from lightning_modules.evaluation import run_evaluation
 
     run_evaluation(cfg)
+
+
+def _eval_motion(cfg: DictConfig) -> None:
+    from lightning_modules.motion_evaluation import run_motion_evaluation
+
+    run_motion_evaluation(cfg)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

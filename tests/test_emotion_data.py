@@ -335,3 +335,81 @@ def test_other_corpora_are_unlabelled(tmp_path: Path) -> None:
     for emotion, level in ((UNKNOWN, 1), (3, 0), (len(EMOTIONS), 1)):
         with pytest.raises(ValueError, match="emotion"):
             random_clip_sample(rng, "bad", emotion=emotion, emotion_level=level)
+
+
+# --- the speaker's identity ----------------------------------------------------------------------------
+
+
+def test_a_held_identity_keeps_a_lasting_expression_in_the_expression() -> None:
+    """One speaker, two clips that smile and frown throughout: fitted each with its own identity, part of
+    each lasting offset goes into that clip's identity; fitted with the mean of the two identities held
+    fixed (the speaker pass), more of the difference between the clips stays in the expression, and the
+    identity is exactly the one given."""
+    import face3d
+
+    model = face3d.build_face_model("procedural")
+    camera = model.camera.resized(128)
+    frames = 20
+    identity = torch.randn(80, generator=torch.Generator().manual_seed(0)) * 0.5
+    smile = EXPRESSION_NAMES.index("smile")
+
+    def landmarks(offsets: dict[str, float]) -> torch.Tensor:
+        expression = torch.zeros(frames, 64)
+        for name, value in offsets.items():
+            expression[:, EXPRESSION_NAMES.index(name)] = value
+        expression[:, EXPRESSION_NAMES.index("jaw_open")] += torch.linspace(0, 1, frames)
+        zeros = torch.zeros(frames, 3)
+        coeffs = model.join_coeffs(id=identity.expand(frames, -1), exp=expression, angle=zeros, trans=zeros)
+        return model.landmarks_2d(coeffs, camera)
+
+    clips = [landmarks({"smile": 1.0}), landmarks({"smile": -1.0, "brows_frown": 1.0})]
+    fit = dict(rigid_steps=30, steps=200)
+    own = [face3d.fit_landmarks(model, camera, points, **fit) for points in clips]
+    speaker = torch.stack([result.coeffs[0, :80] for result in own]).mean(0)
+    held = [face3d.fit_landmarks(model, camera, points, **fit, identity=speaker) for points in clips]
+    torch.testing.assert_close(held[0].coeffs[:, :80], speaker.expand(frames, -1))
+
+    def smile_difference(results) -> float:  # the true one is 2
+        first, second = (float(face3d.expression_of(r.coeffs)[:, smile].mean()) for r in results)
+        return first - second
+
+    assert smile_difference(held) > smile_difference(own) + 0.15, (
+        smile_difference(own),
+        smile_difference(held),
+    )
+    assert max(float(r.landmark_error.mean()) for r in held) < 1.0
+
+
+def test_the_speaker_pass_holds_each_speakers_mean_identity_and_resumes(
+    emotion_corpus: Path, tmp_path: Path
+) -> None:
+    """identity=speaker: every clip of a speaker is packed with the mean of the identities their clips
+    were fitted with on their own, its I_3D rendered anew; the manifest says so; a rerun fits again only
+    what is missing and packs the same shards."""
+    from datamodules.preprocess.pipeline import load_result, result_path
+
+    overrides = (*FAST_FIT, "data.preprocess.identity=speaker")
+    settings = tiny_settings(emotion_corpus, tmp_path / "shards", tmp_path / "work", overrides=overrides)
+    summary = run_preprocessing(settings)
+    assert summary["speaker_refits"] == 4
+    clips = discover_clips(emotion_corpus, "synthetic")
+    own = {c.clip_id: load_result(result_path(settings.work_dir, c.clip_id))["sample"] for c in clips}
+    packed = {c["clip_id"]: c for c in ShardReader(tmp_path / "shards" / "train")}
+    for speaker in ("id00000", "id00001"):
+        mine = [clip_id for clip_id in own if clip_id.startswith(speaker)]
+        mean = np.mean([own[k]["coeffs"][:, :80].mean(0) for k in mine], axis=0)
+        for clip_id in mine:
+            np.testing.assert_allclose(packed[clip_id]["coeffs"][:, :80], np.tile(mean, (24, 1)), atol=1e-6)
+            assert not np.array_equal(packed[clip_id]["render3d"], own[clip_id]["render3d"])
+            assert packed[clip_id]["frames"] == own[clip_id]["frames"]
+    records = [json.loads(line) for line in (tmp_path / "shards" / MANIFEST_NAME).read_text().splitlines()]
+    assert {r["identity_fit"] for r in records} == {"speaker"}
+    assert all(r["fit_landmark_error_px"] < 3.0 for r in records)
+
+    before = {k: v["coeffs"] for k, v in packed.items()}
+    result_path(settings.work_dir, clips[1].clip_id, "speaker").unlink()
+    assert run_preprocessing(settings)["speaker_refits"] == 1
+    after = {c["clip_id"]: c["coeffs"] for c in ShardReader(tmp_path / "shards" / "train")}
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])

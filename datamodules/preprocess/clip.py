@@ -98,17 +98,26 @@ def landmarks_for_tube(frames: np.ndarray, tube, detector) -> np.ndarray:
 
 
 def fit_face(
-    crops: np.ndarray, landmarks: np.ndarray, options: ClipOptions, tools: Tools
+    crops: np.ndarray,
+    landmarks: np.ndarray,
+    options: ClipOptions,
+    tools: Tools,
+    identity: torch.Tensor | None = None,
 ) -> tuple[Any, dict]:
     """The 3DMM of one stretch of face crops (T, S, S, 3) uint8 with their landmarks (T, 68, 2) in crop
-    pixels: the landmark fit, then texture and light from the crops' own pixels, so that I_3D shows this
-    person (face3d/appearance.py). Returns (AppearanceFit, its I_3D render dict(image, mask, ...)),
-    shaded from the fit's own rasterisation. Preprocessing and dubbing analyse faces through this."""
+    pixels: the landmark fit (with `identity` (80,) held fixed when given), then texture and light from
+    the crops' own pixels, so that I_3D shows this person (face3d/appearance.py). Returns
+    (AppearanceFit, its I_3D render dict(image, mask, ...)), shaded from the fit's own rasterisation.
+    Preprocessing and dubbing analyse faces through this."""
     import face3d
 
     device = tools.model.mean_shape.device
     fit = face3d.fit_landmarks(
-        tools.model, tools.camera, torch.from_numpy(np.ascontiguousarray(landmarks)).to(device), **options.fit
+        tools.model,
+        tools.camera,
+        torch.from_numpy(np.ascontiguousarray(landmarks)).to(device),
+        **options.fit,
+        identity=identity,
     )
     renderer = face3d.FaceRenderer(tools.model, tools.camera)
     images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
@@ -150,10 +159,7 @@ def process_clip(
     wave = audio_lib.to_float(pcm)
 
     appearance, rendered = fit_face(crops, landmarks, options, tools)
-    coeffs = appearance.coeffs.detach().float().cpu()
-    render3d = (rendered["image"].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    face_mask = (rendered["mask"][:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
-    albedo = None if appearance.albedo is None else appearance.albedo.float().cpu().numpy()
+    coeffs, render3d, face_mask, albedo = _fitted_arrays(appearance, rendered)
 
     mel = audio_lib.melspectrogram(wave)
     semantic = None
@@ -182,20 +188,67 @@ def process_clip(
         emotion_level=source.emotion_level,
         jpeg_quality=options.jpeg_quality,
     )
-    residual = (
-        (tools.model.landmarks_2d(coeffs, tools.camera) - torch.from_numpy(landmarks)).norm(dim=-1).mean()
-    )
     record = {
         "status": "accepted",
         "num_frames": num_frames,
         "start_frame": int(start),
         "crop_box": [int(v) for v in box],
-        "fit_landmark_error_px": round(float(residual), 3),
-        # Mean |I_3D - frame| over the rendered face, with the mean texture under default light and after
-        # the appearance fit (colour in [0, 1]).
-        "photometric_error_before": round(float(appearance.error_before.mean()), 4),
-        "photometric_error": round(float(appearance.error_after.mean()), 4),
+        **_fit_record(appearance, landmarks, tools),
         "source_fps": round(info.fps, 3),
         "trim": trim_record(info, span),
     }
     return sample, record
+
+
+def _fitted_arrays(appearance: Any, rendered: dict) -> tuple[torch.Tensor, np.ndarray, np.ndarray, Any]:
+    """The shard's arrays of a fit: coefficients, I_3D (uint8), its face mask (0 / 255), the albedo."""
+    coeffs = appearance.coeffs.detach().float().cpu()
+    render3d = (rendered["image"].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    face_mask = (rendered["mask"][:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
+    albedo = None if appearance.albedo is None else appearance.albedo.float().cpu().numpy()
+    return coeffs, render3d, face_mask, albedo
+
+
+def _fit_record(appearance: Any, landmarks: np.ndarray, tools: Tools) -> dict[str, float]:
+    """The manifest's fit figures: landmark residual (px) and the mean |I_3D - frame| over the rendered
+    face, with the mean texture under default light and after the appearance fit (colour in [0, 1])."""
+    coeffs = appearance.coeffs.detach().float().cpu()
+    residual = (
+        (tools.model.landmarks_2d(coeffs, tools.camera) - torch.from_numpy(landmarks)).norm(dim=-1).mean()
+    )
+    return {
+        "fit_landmark_error_px": round(float(residual), 3),
+        "photometric_error_before": round(float(appearance.error_before.mean()), 4),
+        "photometric_error": round(float(appearance.error_after.mean()), 4),
+    }
+
+
+def refit_with_identity(
+    sample: dict[str, Any], identity: np.ndarray, options: ClipOptions, tools: Tools
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """A packed clip sample fitted again with its speaker's `identity` (80,) held fixed (the speaker
+    pass, `preprocess.identity: speaker`): expression, pose, texture, light and I_3D from the sample's
+    own crops and landmarks; everything else (frames, audio, semantic images) is kept as it is.
+    -> (the new sample, its fit figures for the manifest)."""
+    from datamodules.shards import decode_images, encode_images, validate_clip_sample
+
+    crops = decode_images(sample["frames"], sample["frame_offsets"], range(sample["num_frames"]))
+    appearance, rendered = fit_face(
+        crops, sample["landmarks"], options, tools, identity=torch.as_tensor(identity, dtype=torch.float32)
+    )
+    coeffs, render3d, face_mask, albedo = _fitted_arrays(appearance, rendered)
+    render_blob, render_offsets = encode_images(render3d, "jpeg", options.jpeg_quality)
+    mask_blob, mask_offsets = encode_images(face_mask, "png")
+    refitted = {
+        **sample,
+        "coeffs": np.ascontiguousarray(coeffs.numpy(), dtype=np.float32),
+        "render3d": render_blob,
+        "render3d_offsets": render_offsets,
+        "face_mask": mask_blob,
+        "face_mask_offsets": mask_offsets,
+        "albedo": np.zeros((0, 3), np.float32)
+        if albedo is None
+        else np.ascontiguousarray(albedo, dtype=np.float32),
+    }
+    validate_clip_sample(refitted)
+    return refitted, _fit_record(appearance, sample["landmarks"], tools)

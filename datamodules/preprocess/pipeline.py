@@ -7,10 +7,14 @@ Crash safety (kill -9 at any moment):
 2. once every clip of the corpus has a result (whichever task or run made it), the results are packed:
    `datamodules.shards.write_shards` writes each split into a temporary dir and renames it into place,
    then `manifest.jsonl` is replaced atomically. One result file per clip id means no duplicates.
-3. `work_dir/recipe.json` records how the results are made (`datamodules.recipe`); a rerun with other
+3. with `identity: speaker`, a speaker pass follows (`fit_speaker_identities`): each speaker's identity
+   is the mean of their clips' fitted ones, and each clip is fitted again with it held fixed, its result
+   written to `work_dir/speaker/<key>.pkl` the same way (so it resumes too); packing reads those;
+4. `work_dir/recipe.json` records how the results are made (`datamodules.recipe`); a rerun with other
    settings is refused rather than mixing the two, and the shards carry the same recipe.
 With SLURM arrays (`shard=i/n`, by default from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) each task
-takes clips i, i + n, ...; the task that finds the corpus complete packs it.
+takes clips i, i + n, ...; the task that finds the corpus complete runs the speaker pass (with its
+workers) and packs it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from datamodules.preprocess.clip import ClipOptions, Tools, process_clip
+import numpy as np
+
+from datamodules.preprocess.clip import ClipOptions, Tools, process_clip, refit_with_identity
 from datamodules.preprocess.layout import ClipSource, discover_clips
 from datamodules.preprocess.video import ClipRejected
 from datamodules.recipe import face_model_recipe, file_digest, read_recipe, recipe_differences, write_recipe
@@ -57,7 +63,14 @@ class PreprocessSettings:
     teacher_checkpoint: str | None
     split_fractions: dict[str, float]
     chunk_bytes: str
+    identity: str  # clip | speaker: whose identity coefficients a clip's fit holds
 
+    def __post_init__(self) -> None:
+        if self.identity not in IDENTITY_MODES:
+            raise ValueError(f"preprocess.identity is {self.identity!r}: one of {IDENTITY_MODES}")
+
+
+IDENTITY_MODES = ("clip", "speaker")
 
 # Bumped whenever the pipeline's code changes what it writes for the same settings (3: the emotion labels).
 PREPROCESS_VERSION = 3
@@ -76,6 +89,7 @@ def preprocess_recipe(settings: PreprocessSettings, source: dict[str, Any] | Non
         "clip": asdict(settings.clip),
         "teacher": file_digest(settings.teacher_checkpoint),
         "split_fractions": settings.split_fractions,
+        "identity": settings.identity,
     }
 
 
@@ -109,8 +123,9 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return index, count
 
 
-def result_path(work_dir: str | Path, clip_id: str) -> Path:
-    return Path(work_dir) / "clips" / (clip_id.replace("/", "__") + ".pkl")
+def result_path(work_dir: str | Path, clip_id: str, stage: str = "clips") -> Path:
+    """A clip's result file: its own fit (`clips/`) or the speaker pass's (`speaker/`)."""
+    return Path(work_dir) / stage / (clip_id.replace("/", "__") + ".pkl")
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -165,6 +180,29 @@ def _worker_setup(settings: PreprocessSettings) -> None:
     _TOOLS["tools"] = build_tools(settings)
 
 
+def run_in_workers(settings: PreprocessSettings, function: Any, jobs: list[tuple]) -> list[dict[str, Any]]:
+    """`function(*job)` for every job (each returns a manifest record), in `num_workers` spawned processes
+    that build the tools once, or in this process; logs each outcome as it lands."""
+    records: list[dict[str, Any]] = []
+
+    def landed(record: dict[str, Any]) -> None:
+        records.append(record)
+        log.info("%s: %s %s", record["clip_id"], record["status"], record.get("reason", ""))
+
+    if settings.num_workers > 0 and len(jobs) > 1:
+        context = get_context("spawn")
+        with ProcessPoolExecutor(
+            settings.num_workers, mp_context=context, initializer=_worker_setup, initargs=(settings,)
+        ) as pool:
+            for future in as_completed([pool.submit(function, *job) for job in jobs]):
+                landed(future.result())
+    elif jobs:
+        _TOOLS["tools"] = build_tools(settings)
+        for job in jobs:
+            landed(function(*job))
+    return records
+
+
 def run_clip(source: ClipSource, settings: PreprocessSettings) -> dict[str, Any]:
     """Processes one clip in a worker and writes its result file; returns the manifest record."""
     base = {
@@ -199,6 +237,59 @@ def run_clip(source: ClipSource, settings: PreprocessSettings) -> dict[str, Any]
     return record
 
 
+def refit_clip(clip_id: str, identity: list[float], settings: PreprocessSettings) -> dict[str, Any]:
+    """The speaker pass for one clip in a worker: its result fitted again with the speaker's identity,
+    written to its speaker/ result file; returns the manifest record."""
+    result = load_result(result_path(settings.work_dir, clip_id))
+    sample, figures = refit_with_identity(
+        result["sample"], np.asarray(identity), settings.clip, _TOOLS["tools"]
+    )
+    record = {**result["record"], **figures, "identity_fit": "speaker"}
+    path = result_path(settings.work_dir, clip_id, "speaker")
+    _atomic_write_bytes(
+        path, pickle.dumps({"record": record, "sample": sample}, protocol=pickle.HIGHEST_PROTOCOL)
+    )
+    return record
+
+
+def speaker_identities(
+    settings: PreprocessSettings, clips: list[ClipSource]
+) -> tuple[dict[str, np.ndarray], list[ClipSource]]:
+    """Each speaker's identity (80,), the mean of the identities their accepted clips were fitted with,
+    and the accepted clips. Every clip's own fit has taken up what lasts through it (a held emotion, a
+    habitual expression) into its identity; over a speaker's clips -- MEAD's actors show every emotion
+    -- that averages out to what the speaker always shows."""
+    import face3d
+
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    accepted = []
+    for clip in clips:
+        result = load_result(result_path(settings.work_dir, clip.clip_id))
+        if result["record"]["status"] != "accepted":
+            continue
+        accepted.append(clip)
+        identity = result["sample"]["coeffs"][:, : face3d.COEFF_DIMS["id"]].astype(np.float64).mean(0)
+        sums[clip.identity] = sums.get(clip.identity, 0.0) + identity
+        counts[clip.identity] = counts.get(clip.identity, 0) + 1
+    return {speaker: sums[speaker] / counts[speaker] for speaker in sums}, accepted
+
+
+def fit_speaker_identities(settings: PreprocessSettings, clips: list[ClipSource]) -> int:
+    """The speaker pass (`identity: speaker`, module docstring): fits every accepted clip that has no
+    speaker/ result yet again with its speaker's identity held fixed. Returns how many it fitted."""
+    (Path(settings.work_dir) / "speaker").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(Path(settings.work_dir) / "speaker")
+    identities, accepted = speaker_identities(settings, clips)
+    jobs = [
+        (clip.clip_id, identities[clip.identity].tolist(), settings)
+        for clip in accepted
+        if not result_path(settings.work_dir, clip.clip_id, "speaker").exists()
+    ]
+    log.info("speaker pass: %d speakers, %d clips to fit again", len(identities), len(jobs))
+    return len(run_in_workers(settings, refit_clip, jobs))
+
+
 # --- orchestration -----------------------------------------------------------------------------------
 
 
@@ -211,14 +302,22 @@ def pack(settings: PreprocessSettings, clips: list[ClipSource]) -> dict[str, int
     """Writes one litdata dataset per split and `manifest.jsonl` from the per-clip results."""
     shard_dir = Path(settings.shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    records = [load_result(result_path(settings.work_dir, c.clip_id))["record"] for c in clips]
+    stage = "speaker" if settings.identity == "speaker" else "clips"
+
+    def result(clip: ClipSource) -> dict[str, Any]:
+        own = load_result(result_path(settings.work_dir, clip.clip_id))
+        if own["record"]["status"] != "accepted" or stage == "clips":
+            return own
+        return load_result(result_path(settings.work_dir, clip.clip_id, stage))
+
+    records = [result(c)["record"] for c in clips]
     counts = {}
     for split in SPLITS:
         accepted = [c for c, r in zip(clips, records) if r["status"] == "accepted" and c.split == split]
 
         def samples(chosen: list[ClipSource] = accepted) -> Iterator[dict[str, Any]]:
             for clip in chosen:
-                yield load_result(result_path(settings.work_dir, clip.clip_id))["sample"]
+                yield result(clip)["sample"]
 
         counts[split] = len(accepted)
         if accepted:
@@ -251,22 +350,7 @@ def run_preprocessing(settings: PreprocessSettings) -> dict[str, Any]:
         len(mine),
         len(todo),
     )
-    records = []
-    if settings.num_workers > 0 and len(todo) > 1:
-        context = get_context("spawn")
-        with ProcessPoolExecutor(
-            settings.num_workers, mp_context=context, initializer=_worker_setup, initargs=(settings,)
-        ) as pool:
-            futures = [pool.submit(run_clip, clip, settings) for clip in todo]
-            for future in as_completed(futures):
-                records.append(future.result())
-                log.info(
-                    "%s: %s %s", records[-1]["clip_id"], records[-1]["status"], records[-1].get("reason", "")
-                )
-    elif todo:
-        _TOOLS["tools"] = build_tools(settings)
-        for clip in todo:
-            records.append(run_clip(clip, settings))
+    records = run_in_workers(settings, run_clip, [(clip, settings) for clip in todo])
     seconds = time.perf_counter() - started
     frames = sum(r.get("num_frames", 0) for r in records)
     missing = [c for c in clips if not result_path(settings.work_dir, c.clip_id).exists()]
@@ -283,6 +367,8 @@ def run_preprocessing(settings: PreprocessSettings) -> dict[str, Any]:
             "%d clips are still to be processed by other tasks; the last task packs the shards", len(missing)
         )
         return summary
+    if settings.identity == "speaker":
+        summary["speaker_refits"] = fit_speaker_identities(settings, clips)
     summary["accepted"] = pack(settings, clips)
     rejected: dict[str, int] = {}
     for line in (Path(settings.shard_dir) / MANIFEST_NAME).read_text().splitlines():
@@ -316,6 +402,7 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
         teacher_checkpoint=pre["teacher_checkpoint"],
         split_fractions=dict(pre["split_fractions"]),
         chunk_bytes=str(pre["chunk_bytes"]),
+        identity=str(pre["identity"]),
     )
 
 
