@@ -230,10 +230,7 @@ def run_clip(source: ClipSource, settings: PreprocessSettings) -> dict[str, Any]
             "detail": f"{type(error).__name__}: {error}",
         }
     record["seconds"] = round(time.perf_counter() - started, 3)
-    path = result_path(settings.work_dir, source.clip_id)
-    _atomic_write_bytes(
-        path, pickle.dumps({"record": record, "sample": sample}, protocol=pickle.HIGHEST_PROTOCOL)
-    )
+    write_result(result_path(settings.work_dir, source.clip_id), record, sample)
     return record
 
 
@@ -245,10 +242,7 @@ def refit_clip(clip_id: str, identity: list[float], settings: PreprocessSettings
         result["sample"], np.asarray(identity), settings.clip, _TOOLS["tools"]
     )
     record = {**result["record"], **figures, "identity_fit": "speaker"}
-    path = result_path(settings.work_dir, clip_id, "speaker")
-    _atomic_write_bytes(
-        path, pickle.dumps({"record": record, "sample": sample}, protocol=pickle.HIGHEST_PROTOCOL)
-    )
+    write_result(result_path(settings.work_dir, clip_id, "speaker"), record, sample)
     return record
 
 
@@ -291,6 +285,12 @@ def fit_speaker_identities(settings: PreprocessSettings, clips: list[ClipSource]
 
 
 # --- orchestration -----------------------------------------------------------------------------------
+
+
+def write_result(path: Path, record: dict[str, Any], sample: dict[str, Any] | None) -> None:
+    _atomic_write_bytes(
+        path, pickle.dumps({"record": record, "sample": sample}, protocol=pickle.HIGHEST_PROTOCOL)
+    )
 
 
 def load_result(path: Path) -> dict[str, Any]:
