@@ -323,7 +323,7 @@ def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
     expert here. Training draws enough windows of each clip to fill its batch."""
     overrides = [f"experiment={experiment}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
     overrides += [*corpus_args, "data.examples_per_clip=32"]
-    if "stage3" in experiment or "stage4" in experiment or "emotion" in experiment:
+    if "stage3" in experiment or "stage4" in experiment or "motion_emotion" in experiment:
         overrides.append("model.init_checkpoint=null")
     if experiment == "teacher":
         overrides.append(f"model.syncnet_checkpoint={random_syncnet_expert}")
