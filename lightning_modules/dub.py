@@ -9,7 +9,10 @@ video and a new speech track become a dubbed mp4.
 2. The speech (any file PyAV decodes, resampled to 16 kHz) gives MFCC and mel features once.
 3-5. The generator (`lightning_modules.dubbing`) makes each track's new crops: stage 1 at 25 fps,
    interpolated to the source's frame times, I_3D with the fitted identity, pose, texture and light,
-   then stages 2-4; or Wav2Lip's generator (`model=wav2lip`).
+   then stages 2-4; or Wav2Lip's generator (`model=wav2lip`). `motion=diffusion [emotion=happy]` takes
+   the expression from the motion DiT instead of stage 1: one sequence for the whole speech, generated
+   on the first track, which every chunk slices, so the chunks join without a jump
+   (lightning_modules/motion_source.py says why); the pose stays the video's.
 6. Each crop is pasted back into its full frame through a feathered mask that is 0 at the crop's border
    (no box seam), so outside the mouth region every pixel is the source's own.
 7. Frames go to H.264 as they come, at the source's frame rate (crf `dub.encoder.crf`, 17 by default:
@@ -52,6 +55,7 @@ from datamodules.preprocess.track import (
 )
 from datamodules.preprocess.video import ClipRejected, FrameReader, Mp4Writer, load_speech, probe
 from lightning_modules.dubbing import FaceTrack, Speech, SynergyDubber, Wav2LipDubber, build_dubber
+from lightning_modules.motion_source import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,15 @@ class AnalysedTrack:
     end: int
     box: np.ndarray
     track: FaceTrack
+
+
+def analysis_tools(analysis: DictConfig, device: str) -> tuple[Tools, ClipOptions]:
+    """The preprocessing front end of a `data` config (a renderer run's: how its shards were made) on
+    `device`, without the teacher: the detector, face model and camera, and the per-clip options."""
+    preprocess = settings_from_config(analysis)
+    preprocess.device = device
+    preprocess.teacher_checkpoint = None
+    return build_tools(preprocess), preprocess.clip
 
 
 def detect_faces(frames: np.ndarray, detector: Any, max_side: int) -> list[list[Face]]:
@@ -257,11 +270,7 @@ class Dubber:
     def __init__(self, generator: SynergyDubber | Wav2LipDubber, analysis: DictConfig, settings: DictConfig):
         self.generator = generator
         self.settings = settings
-        preprocess = settings_from_config(analysis)
-        self.options = preprocess.clip
-        preprocess.device = str(settings.device)
-        preprocess.teacher_checkpoint = None
-        self.tools = build_tools(preprocess)
+        self.tools, self.options = analysis_tools(analysis, str(settings.device))
 
     def dub(self, video: str | Path, audio: str | Path, output: str | Path) -> DubReport:
         settings = self.settings
@@ -432,7 +441,20 @@ def generator_node(cfg: DictConfig) -> DictConfig:
 
 
 def make_dubber(cfg: DictConfig) -> Dubber:
-    generator = build_dubber(generator_node(cfg), str(cfg.dub.device))
+    """The dubber of a `task=dub` config: the generator (`generator_node`) with the root `motion` source
+    (conf/motion/: stage 1, or `motion=diffusion` with the root `emotion`) and its analysis settings."""
+    node = OmegaConf.to_container(generator_node(cfg), resolve=True)
+    motion = cfg.get("motion")
+    motion = None if motion is None else OmegaConf.to_container(motion, resolve=True)
+    if str(node.get("_target_", "")).endswith("SynergyDubber"):
+        node["motion"] = motion
+    elif motion and (motion.get("source", "stage1") != "stage1" or motion.get("emotion") is not None):
+        raise ConfigurationError(
+            f"motion={motion.get('source')} / emotion={motion.get('emotion')} replace stage 1 of the "
+            f"suite's pipeline; {node.get('_target_')} has no stage 1 (drop model=..., or use "
+            "motion=stage1 emotion=null)"
+        )
+    generator = build_dubber(node, str(cfg.dub.device))
     analysis = generator.preprocess_config() if isinstance(generator, SynergyDubber) else None
     if analysis is None:
         analysis = _analysis_config(cfg)
@@ -517,18 +539,20 @@ def run_dub(cfg: DictConfig) -> list[dict[str, Any]]:
     return reports
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`synergydub-dub VIDEO AUDIO [-o OUT] [--on-long-audio loop] [--model wav2lip] [hydra overrides]`:
-    the console script, composing the suite's config as `python run.py task=dub` does."""
+def cli_overrides(argv: list[str] | None = None) -> list[str]:
+    """The Hydra overrides of a `synergydub-dub` command line (options and overrides in any order)."""
     parser = argparse.ArgumentParser(description="Dub a face video with a new speech track.")
     parser.add_argument("video", nargs="?", help="face video (any frame rate and size)")
     parser.add_argument("audio", nargs="?", help="speech: wav/mp3/m4a/... or a video's audio track")
     parser.add_argument("-o", "--output", help="output mp4 (default: logs/dub/... run directory)")
     parser.add_argument("--on-long-audio", choices=LONG_AUDIO_POLICIES, default=None)
     parser.add_argument("--model", choices=("synergy", "wav2lip"), default="synergy")
+    parser.add_argument("--motion", choices=("stage1", "diffusion"), default=None, help="expression source")
+    parser.add_argument("--emotion", default=None, help="with --motion diffusion: happy, sad, ...")
     parser.add_argument("--batch", help="a folder or CSV of (video, audio) pairs")
     parser.add_argument("overrides", nargs="*", default=[], help="Hydra overrides, e.g. dub.device=cuda")
-    args = parser.parse_args(argv)
+    # Intermixed: Hydra overrides may follow the options (`... -o out.mp4 dub.device=cuda`).
+    args = parser.parse_intermixed_args(argv)
     overrides = ["task=dub", *args.overrides]
     for key, value in (("video", args.video), ("audio", args.audio), ("output", args.output)):
         if value:
@@ -537,8 +561,18 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append(f"dub.on_long_audio={args.on_long_audio}")
     if args.model == "wav2lip":
         overrides.append("model=wav2lip")
+    if args.motion:
+        overrides.append(f"motion={args.motion}")
+    if args.emotion:
+        overrides.append(f"emotion={args.emotion}")
     if args.batch:
         overrides.append(f"dub.batch={Path(args.batch).resolve()}")
+    return overrides
+
+
+def compose_cli(overrides: list[str], task: str) -> DictConfig:
+    """The suite's config composed for a console script as `python run.py` would, its run directory
+    `<paths.log_dir>/<task>/cli`."""
     root = Path(__file__).resolve().parents[1]
     os.environ.setdefault("SYNERGYDUB_ROOT", str(root))
     from hydra import compose, initialize_config_dir
@@ -550,8 +584,16 @@ def main(argv: list[str] | None = None) -> None:
     with initialize_config_dir(str(root / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=False)
     OmegaConf.set_struct(cfg, False)
-    cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "dub" / "cli")
+    cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / task / "cli")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`synergydub-dub VIDEO AUDIO [-o OUT] [--on-long-audio loop] [--model wav2lip] [--motion diffusion]
+    [--emotion happy] [hydra overrides]`: the console script, composing the suite's config as
+    `python run.py task=dub` does."""
+    cfg = compose_cli(cli_overrides(argv), "dub")
     try:
         run_dub(cfg)
-    except DubbingError as error:
+    except (DubbingError, ConfigurationError) as error:
         raise SystemExit(f"error: {error}") from None

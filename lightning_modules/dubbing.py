@@ -5,7 +5,8 @@ videos, `task=eval` (lightning_modules/evaluation.py) on the test shards, throug
 - `SynergyDubber`: the suite's pipeline (METHOD.md 1.1): stage 1 maps the speech to expressions, I_3D is
   rendered with them and the track's own identity, pose, texture and light, and the renderer (stage 2,
   3 or 4, whichever checkpoint is given) makes the crop from I_3D, the mouth-masked crop and K references
-  of the same track.
+  of the same track. With a `motion` source (`task=dub motion=diffusion`) Playmate's motion DiT
+  (lightning_modules/motion_source.py) supplies the expression instead of stage 1.
 - `Wav2LipDubber`: the Wav2Lip-architecture generator (an `experiment=teacher` checkpoint or the
   official `wav2lip.pth`): lower half masked, re-drawn from the mel window, as Wav2Lip's `inference.py`
   does (its reference is the frame itself) -- the peer row of Table 1.
@@ -79,11 +80,13 @@ class FaceTrack:
 class DubbedTrack:
     """The generators' result at their image size S': images (T, 3, S', S') in [0, 1], the crop with the
     new mouth; mouth_mask (T, 1, S', S'), where it may differ from the source crop; landmarks (T, 68, 2)
-    in pixels of S' where the generated mouth lies (None when the generator does not know)."""
+    in pixels of S' where the generated mouth lies (None when the generator does not know); coeffs
+    (T, 257), the 3DMM coefficients I_3D was rendered with (None for generators without a 3D face)."""
 
     images: Tensor
     mouth_mask: Tensor
     landmarks: Tensor | None
+    coeffs: Tensor | None = None
 
 
 # --- trained stages from their runs ----------------------------------------------------------------
@@ -156,7 +159,7 @@ def _resize(images: Tensor, size: int) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def _float_images(crops: np.ndarray, size: int, device: torch.device | str) -> Tensor:
+def float_images(crops: np.ndarray, size: int, device: torch.device | str) -> Tensor:
     """uint8 (T, S, S, 3) -> float (T, 3, size, size) in [0, 1]."""
     images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
     return _resize(images, size).clamp(0, 1)
@@ -194,13 +197,19 @@ class SynergyDubber:
     are chosen once per track, so every frame of a track is made from the same ones (no flicker from
     references that change frame to frame). `silence` ({threshold_db, min_s, ramp_s}, or None to switch
     it off) closes the mouth in silent stretches of the speech, where stage 1 only drifts towards the mean
-    mouth: the expression is blended into the neutral one (0) by `silence_weights`."""
+    mouth: the expression is blended into the neutral one (0) by `silence_weights`.
+
+    `motion` (a conf/motion/*.yaml node; None or `source: stage1`: stage 1) replaces stage 1 with another
+    expression source: `source: diffusion` is Playmate's motion DiT (lightning_modules/motion_source.py
+    `DiffusionMotion`), whose generated expression drives I_3D while the track keeps its fitted identity,
+    pose, texture and light; the stage-1 checkpoint is then not read. The silence gate applies to either
+    (in silence it also fades an emotion's lasting expression, since it blends into the neutral face)."""
 
     name = "synergydub"
 
     def __init__(
         self,
-        a2e_checkpoint: str,
+        a2e_checkpoint: str | None,
         renderer_checkpoint: str,
         teacher_checkpoint: str | None = None,
         device: str = "cpu",
@@ -208,24 +217,21 @@ class SynergyDubber:
         a2e_context: int = 12,
         seed: int = 0,
         silence: dict[str, float] | None = None,
+        motion: dict[str, Any] | None = None,
     ) -> None:
+        from lightning_modules.motion_source import build_motion_source
+
         self.device = torch.device(device)
         self.silence = dict(silence) if silence else None
-        self.a2e, a2e_cfg = load_trained_module(a2e_checkpoint, device)
+        self.motion = build_motion_source(motion, device)
+        self.a2e = None
+        self.teacher = None
+        if self.motion is None:
+            if not a2e_checkpoint:
+                raise ValueError("the pipeline's stage 1 needs a checkpoint (dub.pipeline.a2e_checkpoint)")
+            self._load_stage1(a2e_checkpoint, teacher_checkpoint)
         self.renderer, renderer_cfg = load_trained_module(renderer_checkpoint, device)
         self.config = renderer_cfg
-        self.mfcc_window = int(a2e_cfg.data.mfcc_window)
-        self.semantic_size = int(a2e_cfg.data.image_size)
-        self.teacher = None
-        if getattr(self.a2e.net, "use_semantic", False):
-            if not teacher_checkpoint:
-                raise ValueError(
-                    f"the stage-1 network of {a2e_checkpoint} reads the teacher's semantic images: "
-                    "set the teacher checkpoint (dub.pipeline.teacher_checkpoint)"
-                )
-            from lightning_modules.networks.wav2lip import load_wav2lip
-
-            self.teacher = load_wav2lip(teacher_checkpoint).to(self.device)
         data = renderer_cfg.data
         self.image_size = int(data.image_size)
         self.num_references = int(data.num_references)
@@ -240,6 +246,20 @@ class SynergyDubber:
         ).to(self.device)
         self.camera = face3d.PerspectiveCamera(**OmegaConf.to_container(data.preprocess.camera, resolve=True))
 
+    def _load_stage1(self, a2e_checkpoint: str, teacher_checkpoint: str | None) -> None:
+        self.a2e, a2e_cfg = load_trained_module(a2e_checkpoint, self.device)
+        self.mfcc_window = int(a2e_cfg.data.mfcc_window)
+        self.semantic_size = int(a2e_cfg.data.image_size)
+        if getattr(self.a2e.net, "use_semantic", False):
+            if not teacher_checkpoint:
+                raise ValueError(
+                    f"the stage-1 network of {a2e_checkpoint} reads the teacher's semantic images: "
+                    "set the teacher checkpoint (dub.pipeline.teacher_checkpoint)"
+                )
+            from lightning_modules.networks.wav2lip import load_wav2lip
+
+            self.teacher = load_wav2lip(teacher_checkpoint).to(self.device)
+
     def preprocess_config(self) -> DictConfig:
         """The renderer's `data` config: how its shards were made, which is how a video is analysed."""
         return self.config.data
@@ -248,9 +268,26 @@ class SynergyDubber:
 
     @torch.no_grad()
     def expressions(self, track: FaceTrack, speech: Speech) -> np.ndarray:
-        """(T, 64) expressions for the track's frame times: stage 1 on the 25 fps ticks that span them
-        (plus context), interpolated to each frame's time (a 30 fps video gets expressions between
-        ticks)."""
+        """(T, 64) expressions for the track's frame times: stage 1 (or the `motion` source) on the 25 fps
+        ticks that span them, interpolated to each frame's time (a 30 fps video gets expressions between
+        ticks), then the silence gate."""
+        if self.motion is not None:
+            expression = self.motion.expressions(track, speech)
+        else:
+            expression = self.stage1_expressions(track, speech)
+        return self.gate(expression, speech, track.times)
+
+    def gate(self, expression: np.ndarray, speech: Speech, times: np.ndarray) -> np.ndarray:
+        """The silence gate (`silence_weights`): expression (T, 64) at `times` (s) blended into the neutral
+        one (0) in silent stretches of the speech; unchanged without `silence`."""
+        if self.silence:
+            closed = silence_weights(speech.wave, times, **self.silence)
+            expression = expression * (1.0 - closed[:, None])
+        return expression.astype(np.float32)
+
+    @torch.no_grad()
+    def stage1_expressions(self, track: FaceTrack, speech: Speech) -> np.ndarray:
+        """Stage 1 on the ticks that span the track's frame times plus `a2e_context` on each side."""
         rate = audio_lib.VIDEO_FPS
         first = int(np.floor(track.times.min() * rate)) - self.a2e_context
         last = int(np.ceil(track.times.max() * rate)) + self.a2e_context
@@ -261,19 +298,15 @@ class SynergyDubber:
             from lightning_modules.networks.wav2lip import generate_semantic_frames
 
             nearest = np.clip(np.searchsorted(track.times * rate, ticks), 0, len(track) - 1)
-            frames = _float_images(track.crops[nearest], track.crops.shape[1], self.device)
+            frames = float_images(track.crops[nearest], track.crops.shape[1], self.device)
             semantic = generate_semantic_frames(
                 self.teacher, frames, audio_lib.mel_windows(speech.mel, np.maximum(ticks, 0)), mel_lead=1
             )
             semantic = _resize(semantic, self.semantic_size)[None]
         expression = self.a2e.net(mfcc[None].float(), semantic)[0].float().cpu().numpy()
-        expression = np.stack(
+        return np.stack(
             [np.interp(track.times * rate, ticks, expression[:, k]) for k in range(expression.shape[1])], 1
-        )
-        if self.silence:
-            closed = silence_weights(speech.wave, track.times, **self.silence)
-            expression = expression * (1.0 - closed[:, None])
-        return expression.astype(np.float32)
+        ).astype(np.float32)
 
     # --- the renderer ----------------------------------------------------------------------------
 
@@ -298,7 +331,7 @@ class SynergyDubber:
         coeffs = face3d.with_expression(coeffs_true, torch.from_numpy(expression).to(device))
         albedo = None if track.albedo is None else torch.from_numpy(track.albedo).float().to(device)[None]
         chosen = self.references(track)
-        references = _float_images(track.crops[chosen], size, device)
+        references = float_images(track.crops[chosen], size, device)
         references_render = renderer(coeffs_true[chosen], albedo=face3d.clip_albedo(albedo, len(chosen)))
         scale = size / track.crops.shape[1]
         images, masks, landmarks = [], [], []
@@ -321,9 +354,9 @@ class SynergyDubber:
             mask = torch.from_numpy(mask[:, None].astype(np.float32)).to(device)
             rendered = renderer(coeffs[part], albedo=face3d.clip_albedo(albedo, n))
             batch: dict[str, Any] = {
-                "target": _float_images(crops, size, device),
+                "target": float_images(crops, size, device),
                 "render3d": rendered["image"].clamp(0, 1),
-                "masked": _float_images(masked, size, device),
+                "masked": float_images(masked, size, device),
                 "mouth_mask": (_resize(mask, size) > 0.5).float(),
                 "face_mask": rendered["mask"],
                 "references": references[None].expand(n, -1, -1, -1, -1),
@@ -336,7 +369,7 @@ class SynergyDubber:
             images.append(self.renderer.candidates(batch, out)["output"].clamp(0, 1).float().cpu())
             masks.append(batch["mouth_mask"].cpu())
             landmarks.append(self.face_model.landmarks_2d(coeffs[part], camera).float().cpu())
-        return DubbedTrack(torch.cat(images), torch.cat(masks), torch.cat(landmarks))
+        return DubbedTrack(torch.cat(images), torch.cat(masks), torch.cat(landmarks), coeffs.float().cpu())
 
     def dub(self, track: FaceTrack, speech: Speech) -> DubbedTrack:
         return self.render(track, self.expressions(track, speech))
@@ -365,7 +398,7 @@ class Wav2LipDubber:
 
         ticks = np.round(track.times * audio_lib.VIDEO_FPS).astype(np.int64) - self.mel_lead
         mel = audio_lib.mel_windows(speech.mel, np.maximum(ticks, 0))
-        faces = _float_images(track.crops, IMAGE_SIZE, self.device)
+        faces = float_images(track.crops, IMAGE_SIZE, self.device)
         images = generate_semantic_frames(
             self.generator, faces, mel, references=faces, mel_lead=0, batch_size=self.batch_size
         )
@@ -375,6 +408,16 @@ class Wav2LipDubber:
 
 
 def build_dubber(node: DictConfig | dict, device: str = "cpu") -> SynergyDubber | Wav2LipDubber:
-    """A dubber from its config node (conf/dub/*.yaml `generator`, or conf/model/wav2lip.yaml)."""
+    """A dubber from its config node (conf/dub/*.yaml `generator`, or conf/model/wav2lip.yaml). A setting
+    the dubber refuses (`ConfigurationError`) is raised as itself, not wrapped in Hydra's error."""
+    from hydra.errors import InstantiationException
+
+    from lightning_modules.motion_source import ConfigurationError
+
     node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
-    return hydra.utils.instantiate({**node, "device": device})
+    try:
+        return hydra.utils.instantiate({**node, "device": device})
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigurationError):
+            raise error.__cause__ from None
+        raise

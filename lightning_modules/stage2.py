@@ -59,7 +59,9 @@ class RendererStage2(RendererModule):
     def trained_networks(self) -> list[nn.Module]:
         return [net for net in (self.flow_net, self.texture_net, self.inpainting_net) if net is not None]
 
-    def generate(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+    def modulate(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """SFM and TMN alone: the references warped onto I_3D and I_e* (`image`), which need neither the
+        target nor the mouth-masked crop (task=animate makes its stand-in for the crop from I_e*)."""
         warp = warp_references(self.flow_net, batch["render3d"], batch["references"])
         if self.texture_net is not None:
             texture = self.texture_net(warp["warped"], batch["render3d"])
@@ -69,6 +71,12 @@ class RendererStage2(RendererModule):
                 "alpha": torch.zeros_like(warp["warped"][:, :1]),
                 "texture": {},
             }
+        return warp, texture
+
+    def generate(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The stage's images; a batch's optional `modulated` entry is `modulate(batch)` already computed
+        (task=animate needs it before it can make the mouth-masked crop)."""
+        warp, texture = batch.get("modulated") or self.modulate(batch)
         out = {
             "warped": warp["warped"],
             "flows": warp["flows"],

@@ -56,6 +56,7 @@ def run_task(cfg: DictConfig) -> float | None:
         "synthesize": _synthesize,
         "preprocess": _preprocess,
         "dub": _dub,
+        "animate": _animate,
         "eval": _eval,
         "eval_motion": _eval_motion,
     }
@@ -80,6 +81,12 @@ def _dub(cfg: DictConfig) -> None:
     from lightning_modules.dub import run_dub
 
     run_dub(cfg)
+
+
+def _animate(cfg: DictConfig) -> None:
+    from lightning_modules.animate import run_animate
+
+    run_animate(cfg)
 
 
 def _eval(cfg: DictConfig) -> None:

@@ -15,6 +15,12 @@ loading and inference path, with weights no test can download). Fields:
 For a config-driven test, the `corpus_args` fixture gives the overrides (`paths.data_dir=...` and
 `TINY_OVERRIDES`).
 
+`tiny_chain` (session scope): the dubbing pipeline's checkpoints (stage 1 by the demo recipe, stages 2-4,
+the demo Wav2Lip), two steps each on the tiny corpus through `run_task`, as a user trains them.
+`tiny_motion` (session scope): the motion DiT (`experiment=demo_motion_diffusion`, shrunk) and its emotion
+stage (`demo_motion_emotion` on its last.ckpt), two steps each on the tiny corpus (all neutral clips:
+labelled, one label).
+
 `default_corpus` (session scope): the default synthetic corpus of conf/data/synthetic.yaml (16 speakers:
 10 train / 4 val / 2 test, one 3-s clip each), built by the datamodule's `prepare_data` exactly as
 `make demo` builds it, in a temporary data dir: the corpus the learning tests train and validate on
@@ -144,3 +150,70 @@ def default_corpus(tmp_path_factory) -> Path:
     cfg = compose_config([f"paths.data_dir={root}"], root / "run")
     hydra.utils.instantiate(cfg.data).prepare_data()
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(corpus_args, tmp_path_factory):
+    """Stage 1 (the demo recipe), stages 2-4 and the demo Wav2Lip, two steps each on the tiny corpus."""
+    from lightning_modules.training import run_task
+    from tests.helpers import SHORT, Chain, compose_config
+
+    root = tmp_path_factory.mktemp("chain")
+    common = [*corpus_args, f"paths.log_dir={root}", *SHORT]
+    run_task(compose_config(["experiment=demo", *common, "callbacks.a2e_media=null"], root / "a2e"))
+    previous = None
+    for stage in "234":
+        init = [f"model.init_checkpoint={previous}"] if previous else []
+        run_task(
+            compose_config(
+                [f"experiment=demo_stage{stage}", *common, "callbacks.renderer_media=null", *init],
+                root / stage,
+            )
+        )
+        previous = root / stage / "checkpoints" / "last.ckpt"
+    run_task(compose_config(["experiment=demo_wav2lip", *common], root / "wav2lip"))
+    return Chain(
+        root / "a2e" / "checkpoints" / "last.ckpt",
+        previous,
+        root / "wav2lip" / "checkpoints" / "last.ckpt",
+        root,
+    )
+
+
+# The motion DiT at test size on the tiny corpus's 30-frame clips: windows of 16 frames (sampling joins
+# windows), a few sampling steps, no sampled validation.
+TINY_MOTION = [
+    "data=synthetic",  # the tiny corpus (the demos train on data=synthetic_emotion)
+    "data.window_frames=16",
+    "model.net.model_dim=32",
+    "model.net.depth=2",
+    "model.net.heads=2",
+    "model.net.audio_feature_dim=16",
+    "model.net.audio_channels=[4,8]",
+    "model.net.audio_hidden_dim=16",
+    "model.sampling.steps=3",
+    "model.sampling.overlap_frames=4",
+    "model.validation.steps=3",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_motion(corpus_args, tmp_path_factory):
+    """`demo_motion_diffusion` then `demo_motion_emotion` on its last.ckpt, two steps each (module
+    docstring)."""
+    from lightning_modules.training import run_task
+    from tests.helpers import SHORT, MotionCheckpoints, compose_config
+
+    root = tmp_path_factory.mktemp("motion")
+    common = [f"paths.log_dir={root}", *SHORT, *corpus_args, *TINY_MOTION]
+    common.append("model.validation.sample_batches=0")
+    run_task(compose_config(["experiment=demo_motion_diffusion", *common], root / "dit"))
+    dit = root / "dit" / "checkpoints" / "last.ckpt"
+    emotion = [
+        "experiment=demo_motion_emotion",
+        f"model.init_checkpoint={dit}",
+        "model.controller.hidden_dim=16",
+        "model.controller.heads=2",
+    ]
+    run_task(compose_config([*emotion, *common], root / "emotion"))
+    return MotionCheckpoints(dit, root / "emotion" / "checkpoints" / "last.ckpt")

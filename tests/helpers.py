@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,38 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 os.environ.setdefault("SYNERGYDUB_ROOT", str(ROOT))
+
+
+# Overrides that make a run.py training job a few steps of plumbing: what the dubbing and animation tests
+# train their real checkpoints with (tests/conftest.py `tiny_chain`, `tiny_motion`).
+SHORT = [
+    "logger=csv",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "trainer.max_steps=2",
+    "trainer.limit_val_batches=1",
+    "trainer.check_val_every_n_epoch=1",
+    "data.examples_per_clip=1",
+    "data.batch_size=2",
+]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The checkpoints of the dubbing pipeline trained on the tiny corpus (`tiny_chain`)."""
+
+    a2e: Path
+    renderer: Path
+    wav2lip: Path
+    log_dir: Path
+
+
+@dataclass(frozen=True)
+class MotionCheckpoints:
+    """The motion DiT and its emotion stage trained on the tiny corpus (`tiny_motion`)."""
+
+    dit: Path
+    emotion: Path
 
 
 def experiment_names() -> list[str]:

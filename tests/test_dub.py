@@ -1,8 +1,9 @@
 """Dubbing (`task=dub`, lightning_modules/dub.py) and its evaluation (`task=eval`) on real mp4 files.
 
 The generators are real checkpoints of the suite, trained for a few steps on the tiny corpus by the real
-run.py tasks (`tiny_chain`): what is tested here is the dubbing front and back end (frame counts, rates,
-durations, audio, missing faces, paste-back, inputs), which does not depend on how well they learnt.
+run.py tasks (`tiny_chain`, and `tiny_motion` for the motion DiT; tests/conftest.py): what is tested here
+is the dubbing front and back end (frame counts, rates, durations, audio, missing faces, paste-back,
+inputs, the motion DiT in place of stage 1), which does not depend on how well they learnt.
 The faces are the tiny corpus's synthetic ones and a real photograph (Grace Hopper) filmed into a
 talking clip at 30 fps.
 """
@@ -10,7 +11,6 @@ talking clip at 30 fps.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -20,54 +20,8 @@ import pytest
 
 from datamodules import audio as audio_lib
 from datamodules.preprocess.video import decode_frames, load_speech, probe, write_mp4
+from tests.helpers import Chain
 from tests.real_footage import talking_clip
-
-SHORT = [
-    "logger=csv",
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "trainer.max_steps=2",
-    "trainer.limit_val_batches=1",
-    "trainer.check_val_every_n_epoch=1",
-    "data.examples_per_clip=1",
-    "data.batch_size=2",
-]
-
-
-@dataclass(frozen=True)
-class Chain:
-    a2e: Path
-    renderer: Path
-    wav2lip: Path
-    log_dir: Path
-
-
-@pytest.fixture(scope="module")
-def tiny_chain(corpus_args, tmp_path_factory) -> Chain:
-    """Stage 1 (the demo recipe), stages 2-4 and the demo Wav2Lip, two steps each on the tiny corpus."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
-
-    root = tmp_path_factory.mktemp("chain")
-    common = [*corpus_args, f"paths.log_dir={root}", *SHORT]
-    run_task(compose_config(["experiment=demo", *common, "callbacks.a2e_media=null"], root / "a2e"))
-    previous = None
-    for stage in "234":
-        init = [f"model.init_checkpoint={previous}"] if previous else []
-        run_task(
-            compose_config(
-                [f"experiment=demo_stage{stage}", *common, "callbacks.renderer_media=null", *init],
-                root / stage,
-            )
-        )
-        previous = root / stage / "checkpoints" / "last.ckpt"
-    run_task(compose_config(["experiment=demo_wav2lip", *common], root / "wav2lip"))
-    return Chain(
-        root / "a2e" / "checkpoints" / "last.ckpt",
-        previous,
-        root / "wav2lip" / "checkpoints" / "last.ckpt",
-        root,
-    )
 
 
 def dub_config(chain: Chain, tmp_path: Path, overrides: list[str]):
@@ -103,6 +57,20 @@ def _raw_clips(tiny_corpus) -> list[Path]:
     return sorted(tiny_corpus.raw_dir.glob("mp4/*/*/*.mp4"))
 
 
+def assert_unchanged_above_the_mouth(video: Path, output: Path, tmp_path: Path) -> None:
+    """Above the mouth region (eyes, background) the output differs from the source by what encoding the
+    source's own frames again at the same settings costs, no more."""
+    a, b = decode_frames(video), decode_frames(output)
+    write_mp4(tmp_path / "again.mp4", a, None, fps=25, crf=17)
+    again = decode_frames(tmp_path / "again.mp4")
+    top = slice(0, a.shape[1] // 3)
+
+    def error(x: np.ndarray) -> float:
+        return float(np.abs(a[:, top].astype(int) - x[:, top].astype(int)).mean())
+
+    assert error(b) <= 1.1 * error(again) + 0.1, (error(b), error(again))
+
+
 def test_a_synthetic_clip_is_dubbed_with_its_frame_count_duration_and_the_new_audio(
     tiny_chain, tiny_corpus, tmp_path
 ) -> None:
@@ -119,20 +87,74 @@ def test_a_synthetic_clip_is_dubbed_with_its_frame_count_duration_and_the_new_au
     assert np.corrcoef(heard[:n], new[:n])[0, 1] > 0.9
     assert abs(np.corrcoef(heard[:n], old[:n])[0, 1]) < 0.5
     assert report["dubbed_frames"] == source.num_frames and report["passed_through"] == []
-    # Above the mouth region (eyes, background) the output differs from the source by what encoding the
-    # source's own frames again at the same settings costs, no more.
-    a, b = decode_frames(video), decode_frames(report["output"])
-    write_mp4(tmp_path / "again.mp4", a, None, fps=25, crf=17)
-    again = decode_frames(tmp_path / "again.mp4")
-    top = slice(0, a.shape[1] // 3)
-
-    def error(x: np.ndarray) -> float:
-        return float(np.abs(a[:, top].astype(int) - x[:, top].astype(int)).mean())
-
-    assert error(b) <= 1.1 * error(again) + 0.1, (error(b), error(again))
+    assert_unchanged_above_the_mouth(video, Path(report["output"]), tmp_path)
     assert Path(report["output"]).with_suffix(".png").is_file()
     written = json.loads((tmp_path / "run" / "dub_report.json").read_text())
     assert written["dubbed"][0]["output"] == report["output"]
+
+
+def test_the_motion_dit_dubs_in_place_of_stage_1_and_the_video_keeps_its_pose(
+    tiny_chain, tiny_motion, tiny_corpus, tmp_path, monkeypatch
+) -> None:
+    """`task=dub motion=diffusion emotion=happy`: the video's frame count, rate and the new audio; every
+    frame is rendered with the source track's fitted coefficients but for the expression, which is the
+    DiT's one sequence for the whole speech sliced per chunk (the chunks join where the DiT's windows do:
+    no jump); above the mouth the output is the source's."""
+    from datamodules.audio import fit_length
+    from lightning_modules.dubbing import Speech, SynergyDubber
+    from lightning_modules.motion_source import DiffusionMotion
+
+    rendered = []
+    render = SynergyDubber.render
+
+    def spy(self, track, expression):
+        result = render(self, track, expression)
+        rendered.append((track, expression, result))
+        return result
+
+    monkeypatch.setattr(SynergyDubber, "render", spy)
+    video, speech = _raw_clips(tiny_corpus)[:2]
+    overrides = ["motion=diffusion", "emotion=happy", f"motion.checkpoint={tiny_motion.emotion}"]
+    overrides += ["dub.chunk_frames=16", "dub.on_long_audio=trim", "dub.pipeline.silence=null"]
+    # The stage-1 checkpoint is not read: a path that does not exist is no problem.
+    overrides.append(f"dub.pipeline.a2e_checkpoint={tmp_path / 'none.ckpt'}")
+    report = run_dub(tiny_chain, tmp_path, video, speech, *overrides)
+    source, out = probe(video), probe(report["output"])
+    assert out.num_frames == source.num_frames and out.fps == pytest.approx(source.fps, rel=1e-3)
+    heard, new = audio_of(Path(report["output"])), audio_of(speech)
+    n = min(len(heard), len(new)) - 2048
+    assert np.corrcoef(heard[:n], new[:n])[0, 1] > 0.9
+    assert len(rendered) == 2 and report["dubbed_frames"] == source.num_frames  # two chunks, one track each
+    for track, expression, result in rendered:
+        coeffs = result.coeffs.numpy()
+        np.testing.assert_array_equal(coeffs[:, 80:144], expression)
+        kept = np.r_[0:80, 144:257]  # identity, texture, angles, light, translation: the track's own
+        np.testing.assert_array_equal(coeffs[:, kept], track.coeffs[:, kept].astype(np.float32))
+    # The expression is the DiT's whole-speech sequence (first track's identity), frame by frame.
+    motion = DiffusionMotion(str(tiny_motion.emotion), emotion="happy", level=2, seed=0)
+    wave = fit_length(audio_of(speech), int(round(source.num_frames / source.fps * 16000)))
+    identity = rendered[0][0].coeffs[:, :80].mean(axis=0)
+    whole = motion.expression_of(motion.generate(Speech.from_wave(wave), identity))
+    np.testing.assert_allclose(np.concatenate([e for _, e, _ in rendered]), whole, atol=1e-5)
+    assert_unchanged_above_the_mouth(video, Path(report["output"]), tmp_path)
+
+
+def test_an_emotion_needs_the_motion_dit_and_its_controller(
+    tiny_chain, tiny_motion, tiny_corpus, tmp_path
+) -> None:
+    from lightning_modules.motion_source import ConfigurationError
+
+    video, speech = _raw_clips(tiny_corpus)[:2]
+    cases = [
+        (["emotion=happy"], "needs the diffusion motion"),
+        (["motion=diffusion", "emotion=elated"], "unknown emotion 'elated'"),
+        (["motion=diffusion", "emotion=sad", f"motion.checkpoint={tiny_motion.dit}"], "emotion controller"),
+        (["motion=diffusion", "model=wav2lip", f"model.checkpoint={tiny_chain.wav2lip}"], "has no stage 1"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigurationError, match=message):
+            run_dub(tiny_chain, tmp_path, video, speech, *overrides)
+        assert not (tmp_path / "out.mp4").exists()
 
 
 def test_a_real_30_fps_portrait_keeps_its_rate_and_faceless_frames_pass_through_unchanged(
@@ -240,6 +262,26 @@ def test_bad_inputs_stop_with_the_file_and_the_reason_and_leave_no_output(
         with pytest.raises(DubbingError, match=message):
             run_dub(tiny_chain, tmp_path, face, speech)
         assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "out.mp4.tmp").exists()
+
+
+def test_the_console_script_takes_hydra_overrides_after_its_options() -> None:
+    from lightning_modules.dub import cli_overrides
+
+    overrides = cli_overrides(
+        [
+            "face.mp4",
+            "speech.wav",
+            "-o",
+            "out.mp4",
+            "--motion",
+            "diffusion",
+            "--emotion",
+            "sad",
+            "dub.device=cuda",
+        ]
+    )
+    assert overrides[:2] == ["task=dub", "dub.device=cuda"]
+    assert {f"video={Path('face.mp4').resolve()}", "motion=diffusion", "emotion=sad"} <= set(overrides)
 
 
 def test_a_batch_dubs_every_pair_lists_failures_and_resumes(tiny_chain, tiny_corpus, tmp_path) -> None:

@@ -35,28 +35,14 @@ from lightning_modules.motion import (
 )
 from lightning_modules.networks.emotion_control import EmotionController
 from lightning_modules.networks.motion_dit import MotionDiT
+from tests.conftest import TINY_MOTION
+from tests.helpers import SHORT
 
 TINY_DIT = dict(
     model_dim=32, depth=2, heads=2, audio_feature_dim=16, audio_channels=(4, 8), audio_hidden_dim=16
 )
 TINY_SAMPLING = dict(window_frames=12, overlap_frames=4, steps=4)
 QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=csv"]
-# The tiny corpus's clips are 30 frames: windows of 16 (eval: whole clips, so sampling joins windows).
-TINY_RUN = [
-    "data=synthetic",  # the tiny corpus (the demos train on data=synthetic_emotion)
-    "data.window_frames=16",
-    "data.batch_size=2",
-    "data.examples_per_clip=1",
-    "model.net.model_dim=32",
-    "model.net.depth=2",
-    "model.net.heads=2",
-    "model.net.audio_feature_dim=16",
-    "model.net.audio_channels=[4,8]",
-    "model.net.audio_hidden_dim=16",
-    "model.sampling.steps=3",
-    "model.sampling.overlap_frames=4",
-    "model.validation.steps=3",
-]
 
 
 @pytest.fixture(scope="module")
@@ -490,7 +476,7 @@ def test_demo_motion_diffusion_fast_dev_run(corpus_args, tmp_path: Path) -> None
 
     cfg = compose_config(
         ["experiment=demo_motion_diffusion", "debug=fdr", f"paths.log_dir={tmp_path}", *QUIET, *corpus_args]
-        + TINY_RUN,
+        + [*TINY_MOTION, "data.batch_size=2", "data.examples_per_clip=1"],
         tmp_path / "run",
     )
     run_task(cfg)
@@ -499,29 +485,6 @@ def test_demo_motion_diffusion_fast_dev_run(corpus_args, tmp_path: Path) -> None
         assert np.isfinite(metrics[key]), key
     for key in ("val/mouth_corr", "val/mouth_corr_audio_free"):
         assert -1.0 <= metrics[key] <= 1.0, key
-
-
-@pytest.fixture(scope="module")
-def tiny_motion_runs(corpus_args, tmp_path_factory) -> Path:
-    """demo_motion_diffusion for 3 steps, then demo_motion_emotion for 3 steps on its last.ckpt, on the
-    tiny corpus: the log dir holding both runs (at the demos' own run dirs)."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
-
-    log_dir = tmp_path_factory.mktemp("motion_runs")
-    common = [f"paths.log_dir={log_dir}", *QUIET, *corpus_args, *TINY_RUN, "trainer.limit_val_batches=1"]
-    common += [
-        "trainer.check_val_every_n_epoch=1",
-        "model.validation.sample_batches=0",
-        "trainer.max_steps=3",
-    ]
-    for experiment, extra in (
-        ("demo_motion_diffusion", []),
-        ("demo_motion_emotion", ["model.controller.hidden_dim=16", "model.controller.heads=2"]),
-    ):
-        run_dir = log_dir / "train" / experiment / experiment
-        run_task(compose_config([f"experiment={experiment}", *common, *extra], run_dir))
-    return log_dir
 
 
 def test_emotion_stage_trains_the_controller_and_leaves_the_dit_bit_identical(
@@ -640,18 +603,17 @@ def test_emotion_stage_names_a_missing_dit_checkpoint(tmp_path: Path) -> None:
         module.setup("fit")
 
 
-def test_eval_motion_writes_its_tables_for_every_model(tiny_motion_runs: Path, corpus_args, tmp_path) -> None:
-    """`task=eval_motion` on the tiny corpus with 3-step checkpoints: the judge (demo_emotion_classifier)
-    and stage 1 (demo) trained for 3 steps by their real tasks, the Sync column through a random expert:
-    every row and column is written, in range; the guidance table has every weight and the per-emotion
-    table every emotion; stage 1 is deterministic (diversity exactly 0), the diffusion rows are not."""
+def test_eval_motion_writes_its_tables_for_every_model(tiny_motion, corpus_args, tmp_path) -> None:
+    """`task=eval_motion` on the tiny corpus with 2-step checkpoints: the generator (`tiny_motion`), the
+    judge (demo_emotion_classifier) and stage 1 (demo) trained by their real tasks, the Sync column
+    through a random expert: every row and column is written, in range; the guidance table has every
+    weight and the per-emotion table every emotion; stage 1 is deterministic (diversity exactly 0), the diffusion rows are not."""
     from datamodules.emotions import EMOTIONS
     from lightning_modules.networks.syncnet import SyncNet
     from lightning_modules.training import run_task
     from tests.helpers import compose_config
 
-    common = [f"paths.log_dir={tiny_motion_runs}", *QUIET, *corpus_args, "trainer.max_steps=3"]
-    common += ["trainer.limit_val_batches=1", "data.batch_size=2"]
+    common = [f"paths.log_dir={tmp_path}", *SHORT, *corpus_args]
     classifier_dir = tmp_path / "classifier"
     run_task(
         compose_config(
@@ -669,8 +631,9 @@ def test_eval_motion_writes_its_tables_for_every_model(tiny_motion_runs: Path, c
             "task=eval_motion",
             "experiment=demo_motion_emotion",
             *corpus_args,
-            f"paths.log_dir={tiny_motion_runs}",
+            f"paths.log_dir={tmp_path}",
             "data=synthetic",
+            f"motion_eval.emotion_checkpoint={tiny_motion.emotion}",
             f"motion_eval.classifier_checkpoint={classifier_dir}/checkpoints/last.ckpt",
             f"motion_eval.a2e_checkpoint={a2e_dir}/checkpoints/last.ckpt",
             f"motion_eval.syncnet_checkpoint={expert}",
