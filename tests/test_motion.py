@@ -607,7 +607,8 @@ def test_eval_motion_writes_its_tables_for_every_model(tiny_motion, corpus_args,
     """`task=eval_motion` on the tiny corpus with 2-step checkpoints: the generator (`tiny_motion`), the
     judge (demo_emotion_classifier) and stage 1 (demo) trained by their real tasks, the Sync column
     through a random expert: every row and column is written, in range; the guidance table has every
-    weight and the per-emotion table every emotion; stage 1 is deterministic (diversity exactly 0), the diffusion rows are not."""
+    weight and the per-emotion table every emotion; stage 1 is deterministic (diversity exactly 0), the
+    diffusion rows are not."""
     from datamodules.emotions import EMOTIONS
     from lightning_modules.networks.syncnet import SyncNet
     from lightning_modules.training import run_task
