@@ -488,18 +488,15 @@ def test_demo_motion_diffusion_fast_dev_run(corpus_args, tmp_path: Path) -> None
 
 
 def test_emotion_stage_trains_the_controller_and_leaves_the_dit_bit_identical(
-    tiny_motion_runs: Path, tiny_corpus
+    tiny_motion, tiny_corpus
 ) -> None:
-    """The emotion run's checkpoint holds the DiT and the motion statistics exactly as stage 1 saved them,
-    the statistics are those of the training shards, and the controller has moved off its zero start."""
+    """demo_motion_diffusion, then demo_motion_emotion on its last.ckpt, two steps each (the `tiny_motion`
+    fixture): the emotion run's checkpoint holds the DiT and the motion statistics exactly as stage 1 saved
+    them, the statistics are those of the training shards, and the controller has moved off its zero
+    start."""
     from datamodules.shards import ShardReader
 
-    dit_checkpoint = (
-        tiny_motion_runs / "train/demo_motion_diffusion/demo_motion_diffusion/checkpoints/last.ckpt"
-    )
-    emotion_checkpoint = (
-        tiny_motion_runs / "train/demo_motion_emotion/demo_motion_emotion/checkpoints/last.ckpt"
-    )
+    dit_checkpoint, emotion_checkpoint = tiny_motion.dit, tiny_motion.emotion
     before = torch.load(dit_checkpoint, weights_only=True)["state_dict"]
     after = torch.load(emotion_checkpoint, weights_only=True)["state_dict"]
     frozen = [k for k in before if k.startswith(("net.", "normalizer."))]
