@@ -413,3 +413,17 @@ def test_the_speaker_pass_holds_each_speakers_mean_identity_and_resumes(
     assert before.keys() == after.keys()
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
+
+
+def test_a_run_config_from_before_the_speaker_pass_still_analyses_videos(tmp_path: Path) -> None:
+    """A checkpoint's run config written before `preprocess.identity` existed (what dubbing and
+    animation analyse a video with) reads as the per-clip fit it was made with; a wrong mode is refused."""
+    from datamodules.preprocess import settings_from_config
+
+    cfg = compose_config([f"paths.data_dir={tmp_path}"], tmp_path / "config")
+    node = OmegaConf.to_container(cfg.data, resolve=True)
+    del node["preprocess"]["identity"]
+    assert settings_from_config(node).identity == "clip"
+    node["preprocess"]["identity"] = "session"
+    with pytest.raises(ValueError, match="preprocess.identity"):
+        settings_from_config(node)

@@ -402,7 +402,8 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
         teacher_checkpoint=pre["teacher_checkpoint"],
         split_fractions=dict(pre["split_fractions"]),
         chunk_bytes=str(pre["chunk_bytes"]),
-        identity=str(pre["identity"]),
+        # A run config written before `identity` existed (a checkpoint's) fitted each clip on its own.
+        identity=str(pre.get("identity", "clip")),
     )
 
 
