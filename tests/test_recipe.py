@@ -63,6 +63,7 @@ def test_preprocessing_refuses_a_work_dir_made_otherwise(tmp_path: Path) -> None
         run_preprocessing(other)
 
 
+@pytest.mark.slow  # two corpus builds: some 25 s
 def test_the_datamodule_rebuilds_a_stale_synthetic_corpus(tmp_path: Path, caplog) -> None:
     overrides = [
         f"paths.data_dir={tmp_path}",

@@ -159,6 +159,7 @@ def test_resume_from_last_checkpoint_continues_the_global_step(corpus_args, tmp_
     assert checkpoint["global_step"] == 5
 
 
+@pytest.mark.slow  # a training run, then test and predict with their renders: some 25 s
 def test_test_and_predict_tasks_evaluate_a_trained_checkpoint(corpus_args, tiny_corpus, tmp_path) -> None:
     """`ckpt_path=last` finds the training run's newest checkpoint from task=test and task=predict (their run
     directories hold none); predict writes every test clip whole, as .npz and as a rendered mp4."""

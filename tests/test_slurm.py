@@ -91,6 +91,7 @@ def _ledger_steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")]
 
 
+@pytest.mark.slow  # a paced training run, signalled and requeued: some 30 s
 def test_time_limit_signal_requeues_and_resumes_from_the_hpc_checkpoint(corpus_args, tmp_path) -> None:
     """SIGUSR2 sent to the job steps mid-run, as SLURM does `signal_delay_s` before the time limit
     (`scancel --signal=USR2` without `--batch` signals the steps, i.e. the srun task, not the batch
@@ -125,6 +126,14 @@ def test_time_limit_signal_requeues_and_resumes_from_the_hpc_checkpoint(corpus_a
             (job_id,) = job_ids(env)
             subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
             client.wait(timeout=120)
+            # The client returns once the job's result file is written; slurmctld may still show the
+            # job RUNNING (its epilog) for a moment on a loaded machine.
+            _wait_until(
+                lambda: job_info(job_id, env).get("JobState") not in ("RUNNING", "COMPLETING"),
+                timeout_s=60,
+                what="end of the job in slurmctld",
+                log=client_log,
+            )
             info = job_info(job_id, env)
         finally:
             if client.poll() is None:
