@@ -65,6 +65,7 @@ from lightning_modules.diffusion import (
     sampling_scheduler,
     training_target,
 )
+from lightning_modules.optimization import optimizer_config
 
 log = logging.getLogger(__name__)
 
@@ -654,19 +655,9 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
 
     # --- optimisation --------------------------------------------------------------------------------
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": self.scheduler_factory(optimizer=optimizer),
-                "monitor": "val/loss",
-                "interval": self.scheduler_interval,
-                "frequency": 1,
-            },
-        }
+        return optimizer_config(optimizer, self.scheduler_factory, self.scheduler_interval)
 
 
 class EmotionControlModule(MotionDiffusionModule):

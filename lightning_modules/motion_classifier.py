@@ -19,6 +19,7 @@ from torch import nn
 import face3d
 from lightning_modules.checkpointing import LearnedStateOnly
 from lightning_modules.motion import MotionNormalizer, fit_to_training_set
+from lightning_modules.optimization import optimizer_config
 
 
 class EmotionClassifierModule(LearnedStateOnly, L.LightningModule):
@@ -106,11 +107,8 @@ class EmotionClassifierModule(LearnedStateOnly, L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.net.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}
+    def configure_optimizers(self) -> dict[str, Any]:
+        return optimizer_config(self.optimizer_factory(params=self.net.parameters()), self.scheduler_factory)
 
 
 def load_emotion_classifier(checkpoint: str | Path, device: str = "cpu") -> EmotionClassifierModule:

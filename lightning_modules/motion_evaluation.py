@@ -135,23 +135,20 @@ class MotionEvaluation:
     # --- generation ----------------------------------------------------------------------------------
 
     def generate(self, batch: dict[str, Any], seed: int, **overrides: Any) -> torch.Tensor:
-        """Coefficients (B, T, 257) sampled for the batch's audio and identity with `overrides`
-        (emotion, level, guidance weights)."""
+        """Coefficients (B, T, 257) sampled for the batch's audio and identity (`generate_coeffs`), with
+        `emotion` / `level` (B,) in place of the batch's labels when given, and sampling `overrides`."""
+        labels = {
+            key: overrides.pop(name)
+            for name, key in (("emotion", "emotion"), ("level", "emotion_level"))
+            if name in overrides
+        }
         module = self.generator_module
-        coeffs = batch["coeffs"]
-        emotion = overrides.pop("emotion", None)
-        level = overrides.pop("level", None)
-        motion = module.generate(
-            batch[module.net.audio_input],
-            face3d.MorphableModel.split_coeffs(coeffs.float())["id"].mean(1),
-            coeffs.shape[1],
-            emotion,
-            level,
+        return module.generate_coeffs(
+            {**batch, **labels},
             torch.Generator().manual_seed(seed),
             steps=self.options.steps or module.sampling.steps,
             **overrides,
         )
-        return module.normalizer.to_coeffs(motion, coeffs)
 
     def with_expression_of(self, batch: dict[str, Any], generated: torch.Tensor) -> torch.Tensor:
         """The ground-truth coefficients with the generated expression (lip sync and the judge see the
@@ -218,8 +215,7 @@ class MotionEvaluation:
 
         runs: dict[str, dict[str, Any]] = {}
         if self.has_emotion:
-            own = {"emotion": emotion.clamp(min=-1), "level": torch.as_tensor(batch["emotion_level"]).long()}
-            runs[self.row_names()[1]] = {**own, "emotion_guidance": self.default_weight}
+            runs[self.row_names()[1]] = {"emotion_guidance": self.default_weight}
             runs["diffusion, null emotion"] = {"emotion_guidance": 0.0}
         else:
             runs["diffusion"] = {}

@@ -35,6 +35,7 @@ from lightning_modules.metrics import (
     sync_measures,
 )
 from lightning_modules.networks.syncnet import load_syncnet
+from lightning_modules.optimization import optimizer_config
 
 
 class AudioToExpressionModule(LearnedStateOnly, L.LightningModule):
@@ -216,16 +217,6 @@ class AudioToExpressionModule(LearnedStateOnly, L.LightningModule):
 
     # --- optimisation --------------------------------------------------------------------------------
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.net.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": self.scheduler_factory(optimizer=optimizer),
-                "monitor": "val/loss",
-                "interval": self.hparams.scheduler_interval,
-                "frequency": 1,
-            },
-        }
+        return optimizer_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval)

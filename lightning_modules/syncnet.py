@@ -38,6 +38,7 @@ from torchmetrics.classification import BinaryAUROC
 from lightning_modules.losses import contrastive_sync_loss, sync_loss
 from lightning_modules.metrics import sync_measures
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
+from lightning_modules.optimization import optimizer_config
 
 __all__ = ["OBJECTIVES", "SyncNetModule"]
 
@@ -213,6 +214,4 @@ class SyncNetModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])
-        if self.scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer=optimizer)}}
+        return optimizer_config(optimizer, self.scheduler)

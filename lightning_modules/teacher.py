@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 from lightning_modules.losses import sync_loss
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window, load_syncnet
 from lightning_modules.networks.wav2lip import IMAGE_SIZE, Wav2LipGenerator, generator_input, resize_faces
+from lightning_modules.optimization import optimizer_config
 
 __all__ = ["Wav2LipTeacherModule"]
 
@@ -171,7 +172,4 @@ class Wav2LipTeacherModule(L.LightningModule):
             self.sync_active.fill_(True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer(params=self.generator.parameters())
-        if self.scheduler is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer=optimizer)}}
+        return optimizer_config(self.optimizer(params=self.generator.parameters()), self.scheduler)

@@ -157,15 +157,21 @@ def _open(path: Path) -> av.container.InputContainer:
         raise ClipRejected("not_a_video", f"{path}: not a video container ({error})") from error
 
 
+def _existing_file(path: str | Path, role: str) -> Path:
+    """`path` as a Path; ClipRejected 'missing' or 'empty_file' (`role` names what the file is for)."""
+    path = Path(path)
+    if not path.exists():
+        raise ClipRejected("missing", f"{path}{role} does not exist")
+    if path.stat().st_size == 0:
+        raise ClipRejected("empty_file", f"{path}{role} has zero bytes")
+    return path
+
+
 def probe(path: str | Path, vfr_tolerance: float = 0.2) -> VideoInfo:
     """Opens and demuxes the file (no decoding); raises ClipRejected for a zero-length file, a file
     that is no video, a corrupt/truncated container, no video stream, or a variable frame rate
     (a frame interval more than `vfr_tolerance` relative off the median interval)."""
-    path = Path(path)
-    if not path.exists():
-        raise ClipRejected("missing", f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise ClipRejected("empty_file", f"{path} has zero bytes")
+    path = _existing_file(path, "")
     with _open(path) as container:
         if not container.streams.video:
             raise ClipRejected("no_video_stream", f"{path} has no video stream")
@@ -237,11 +243,7 @@ def probe_audio(path: str | Path) -> tuple[float, float]:
     """(start, duration) in seconds of the first audio stream of a separate audio file (MEAD's m4a beside
     its video), on a clock that starts with the video's; demuxed, not decoded. ClipRejected: 'missing',
     'empty_file', 'corrupt', 'not_a_video' (no media container), 'no_audio'."""
-    path = Path(path)
-    if not path.exists():
-        raise ClipRejected("missing", f"{path} (the clip's audio) does not exist")
-    if path.stat().st_size == 0:
-        raise ClipRejected("empty_file", f"{path} has zero bytes")
+    path = _existing_file(path, " (the clip's audio)")
     with _open(path) as container:
         if not container.streams.audio:
             raise ClipRejected("no_audio", f"{path} has no audio stream")
