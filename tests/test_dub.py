@@ -139,6 +139,50 @@ def test_the_motion_dit_dubs_in_place_of_stage_1_and_the_video_keeps_its_pose(
     assert_unchanged_above_the_mouth(video, Path(report["output"]), tmp_path)
 
 
+def test_the_motion_dit_dubs_a_real_30_fps_portrait_at_its_rate_and_pose(
+    tiny_chain, tiny_motion, tmp_path, monkeypatch
+) -> None:
+    """Grace Hopper's photo panned and zoomed into a 30 fps talking clip, dubbed with `motion=diffusion
+    emotion=sad`: it stays 30 fps with its frame count; every frame is rendered with the track's own
+    fitted pose, identity, texture and light; the expression is the DiT's 25 fps sequence interpolated to
+    the frames' times (between ticks at 30 fps); above the mouth the output is the source's."""
+    from datamodules.audio import fit_length
+    from lightning_modules.dubbing import Speech, SynergyDubber
+    from lightning_modules.motion_source import DiffusionMotion
+
+    rendered = []
+    render = SynergyDubber.render
+
+    def spy(self, track, expression):
+        result = render(self, track, expression)
+        rendered.append((track, expression, result))
+        return result
+
+    monkeypatch.setattr(SynergyDubber, "render", spy)
+    clip = talking_clip(tmp_path / "hopper.mp4", "grace_hopper", 2.0, fps=30, seed=5)
+    speech = tmp_path / "speech.wav"
+    audio_lib.write_wav(speech, audio_lib.synthesize_speech(2.0, seed=11))
+    overrides = ["motion=diffusion", "emotion=sad", f"motion.checkpoint={tiny_motion.emotion}"]
+    overrides += ["dub.pipeline.silence=null", f"dub.pipeline.a2e_checkpoint={tmp_path / 'none.ckpt'}"]
+    report = run_dub(tiny_chain, tmp_path, clip.path, speech, *overrides)
+    source, out = probe(clip.path), probe(report["output"])
+    assert out.fps == pytest.approx(30.0, rel=1e-3) and out.num_frames == source.num_frames
+    assert report["dubbed_frames"] == source.num_frames
+    motion = DiffusionMotion(str(tiny_motion.emotion), emotion="sad", level=2, seed=0)
+    wave = fit_length(audio_of(speech), int(round(source.num_frames / source.fps * 16000)))
+    identity = rendered[0][0].coeffs[:, :80].mean(axis=0)
+    whole = motion.expression_of(motion.generate(Speech.from_wave(wave), identity))
+    for track, expression, result in rendered:
+        coeffs = result.coeffs.numpy()
+        kept = np.r_[0:80, 144:257]
+        np.testing.assert_array_equal(coeffs[:, kept], track.coeffs[:, kept].astype(np.float32))
+        ticks = track.times * 25.0
+        assert np.any(np.abs(ticks - np.round(ticks)) > 0.1)  # frames between the DiT's ticks
+        between = np.stack([np.interp(ticks, np.arange(len(whole)), whole[:, k]) for k in range(64)], 1)
+        np.testing.assert_allclose(expression, between, atol=1e-5)
+    assert_unchanged_above_the_mouth(clip.path, Path(report["output"]), tmp_path)
+
+
 def test_an_emotion_needs_the_motion_dit_and_its_controller(
     tiny_chain, tiny_motion, tiny_corpus, tmp_path
 ) -> None:
