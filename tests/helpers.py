@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,23 @@ def run_cli(
     return proc
 
 
-def wandb_records(path: Path) -> list:
-    """The records of an offline W&B run file (`run-<id>.wandb`): LevelDB-log framing (32 KiB blocks,
-    7-byte record headers: checksum, length, type) after a 7-byte `:W&B` header, each record one
-    `wandb_internal_pb2.Record` -- what `wandb sync` uploads."""
+def wandb_records(path: Path, timeout: float = 60.0) -> list:
+    """The records of a finished offline W&B run file (`run-<id>.wandb`), read once its `exit` record is
+    on disk: wandb-core (0.31) may still be flushing the file when `wandb.finish()` returns in-process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _read_wandb_records(path)
+        if any(record.HasField("exit") for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout:.0f} s: the run never finished")
+        time.sleep(0.5)
+
+
+def _read_wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file: LevelDB-log framing (32 KiB blocks, 7-byte record headers:
+    checksum, length, type) after a 7-byte `:W&B` header, each record one `wandb_internal_pb2.Record` --
+    what `wandb sync` uploads."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -124,10 +138,10 @@ def wandb_records(path: Path) -> list:
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0 or position + 7 + length > len(data):  # the end, or a record still being written
+            break
         chunk = data[position + 7 : position + 7 + length]
         position += 7 + length
-        if kind == 0:
-            break
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             payloads.append(pending)

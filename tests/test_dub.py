@@ -93,26 +93,34 @@ def test_a_synthetic_clip_is_dubbed_with_its_frame_count_duration_and_the_new_au
     assert written["dubbed"][0]["output"] == report["output"]
 
 
+@pytest.fixture
+def rendered(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every `SynergyDubber.render` call of the test, in order: (track, expression, its real result)."""
+    from lightning_modules.dubbing import SynergyDubber
+
+    calls = []
+    render = SynergyDubber.render
+
+    def spy(self, track, expression):
+        result = render(self, track, expression)
+        calls.append((track, expression, result))
+        return result
+
+    monkeypatch.setattr(SynergyDubber, "render", spy)
+    return calls
+
+
 def test_the_motion_dit_dubs_in_place_of_stage_1_and_the_video_keeps_its_pose(
-    tiny_chain, tiny_motion, tiny_corpus, tmp_path, monkeypatch
+    tiny_chain, tiny_motion, tiny_corpus, rendered, tmp_path
 ) -> None:
     """`task=dub motion=diffusion emotion=happy`: the video's frame count, rate and the new audio; every
     frame is rendered with the source track's fitted coefficients but for the expression, which is the
     DiT's one sequence for the whole speech sliced per chunk (the chunks join where the DiT's windows do:
     no jump); above the mouth the output is the source's."""
     from datamodules.audio import fit_length
-    from lightning_modules.dubbing import Speech, SynergyDubber
+    from lightning_modules.dubbing import Speech
     from lightning_modules.motion_source import DiffusionMotion
 
-    rendered = []
-    render = SynergyDubber.render
-
-    def spy(self, track, expression):
-        result = render(self, track, expression)
-        rendered.append((track, expression, result))
-        return result
-
-    monkeypatch.setattr(SynergyDubber, "render", spy)
     video, speech = _raw_clips(tiny_corpus)[:2]
     overrides = ["motion=diffusion", "emotion=happy", f"motion.checkpoint={tiny_motion.emotion}"]
     overrides += ["dub.chunk_frames=16", "dub.on_long_audio=trim", "dub.pipeline.silence=null"]
@@ -140,25 +148,16 @@ def test_the_motion_dit_dubs_in_place_of_stage_1_and_the_video_keeps_its_pose(
 
 
 def test_the_motion_dit_dubs_a_real_30_fps_portrait_at_its_rate_and_pose(
-    tiny_chain, tiny_motion, tmp_path, monkeypatch
+    tiny_chain, tiny_motion, rendered, tmp_path
 ) -> None:
     """Grace Hopper's photo panned and zoomed into a 30 fps talking clip, dubbed with `motion=diffusion
     emotion=sad`: it stays 30 fps with its frame count; every frame is rendered with the track's own
     fitted pose, identity, texture and light; the expression is the DiT's 25 fps sequence interpolated to
     the frames' times (between ticks at 30 fps); above the mouth the output is the source's."""
     from datamodules.audio import fit_length
-    from lightning_modules.dubbing import Speech, SynergyDubber
+    from lightning_modules.dubbing import Speech
     from lightning_modules.motion_source import DiffusionMotion
 
-    rendered = []
-    render = SynergyDubber.render
-
-    def spy(self, track, expression):
-        result = render(self, track, expression)
-        rendered.append((track, expression, result))
-        return result
-
-    monkeypatch.setattr(SynergyDubber, "render", spy)
     clip = talking_clip(tmp_path / "hopper.mp4", "grace_hopper", 2.0, fps=30, seed=5)
     speech = tmp_path / "speech.wav"
     audio_lib.write_wav(speech, audio_lib.synthesize_speech(2.0, seed=11))
