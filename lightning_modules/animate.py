@@ -69,9 +69,11 @@ from lightning_modules.dub import (
     analyse_chunk,
     analysis_tools,
     compose_cli,
+    finished_mp4,
     output_plan,
     paste_into_frame,
     paste_weights,
+    preview_indices,
     write_preview,
 )
 from lightning_modules.dubbing import FaceTrack, Speech, SynergyDubber, build_dubber, float_images
@@ -398,9 +400,7 @@ class Animator:
             crf=int(settings.encoder.crf),
             preset=str(settings.encoder.preset),
         )
-        shown = set(
-            np.linspace(0, len(coeffs) - 1, int(settings.preview_frames)).round().astype(int).tolist()
-        )
+        shown = preview_indices(len(coeffs), int(settings.preview_frames))
         source = portrait.image if paste else portrait.track.crops[0]
         if not paste and source.shape[0] != size:
             source = cv2.resize(source, (size, size), interpolation=cv2.INTER_AREA)
@@ -410,37 +410,32 @@ class Animator:
         batches = self.render(portrait, coeffs, still)
         index = 0
         try:
-            while True:
-                tick = time.perf_counter()
-                rendered = next(batches, None)
-                seconds["render"] += time.perf_counter() - tick
-                if rendered is None:
-                    break
-                tick = time.perf_counter()
-                images, masks, points = rendered
-                for crop, mask, landmarks in zip(images.permute(0, 2, 3, 1).numpy(), masks, points):
-                    if paste:
-                        weights = paste_weights(
-                            mask.astype(np.float32),
-                            [portrait.track.landmarks[0] * scale, landmarks],
-                            float(settings.feather),
-                        )
-                        frame = paste_into_frame(portrait.image, crop, weights, portrait.box)
-                    else:
-                        frame = np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8)
-                    if index in shown:
-                        previews.append((source, frame))
-                    writer.write(frame[:height, :width])
-                    index += 1
-                seconds["encode"] += time.perf_counter() - tick
-                if bar is not None:
-                    bar.update(len(images))
-            tick = time.perf_counter()
-            writer.close(speech.wave)
-            seconds["encode"] += time.perf_counter() - tick
-        except BaseException:
-            writer.abort()
-            raise
+            with finished_mp4(writer, speech.wave, seconds):
+                while True:
+                    tick = time.perf_counter()
+                    rendered = next(batches, None)
+                    seconds["render"] += time.perf_counter() - tick
+                    if rendered is None:
+                        break
+                    tick = time.perf_counter()
+                    images, masks, points = rendered
+                    for crop, mask, landmarks in zip(images.permute(0, 2, 3, 1).numpy(), masks, points):
+                        if paste:
+                            weights = paste_weights(
+                                mask.astype(np.float32),
+                                [portrait.track.landmarks[0] * scale, landmarks],
+                                float(settings.feather),
+                            )
+                            frame = paste_into_frame(portrait.image, crop, weights, portrait.box)
+                        else:
+                            frame = np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8)
+                        if index in shown:
+                            previews.append((source, frame))
+                        writer.write(frame[:height, :width])
+                        index += 1
+                    seconds["encode"] += time.perf_counter() - tick
+                    if bar is not None:
+                        bar.update(len(images))
         finally:
             if bar is not None:
                 bar.close()

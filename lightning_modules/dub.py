@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,39 +303,34 @@ class Dubber:
             output,
             info.width - info.width % 2,
             info.height - info.height % 2,
-            fps=_rate(fps),
+            fps=fps,
             crf=int(settings.encoder.crf),
             preset=str(settings.encoder.preset),
         )
         dubbed, passed = 0, []
         chunk = int(settings.chunk_frames)
-        shown = set(np.linspace(0, len(plan) - 1, int(settings.preview_frames)).round().astype(int).tolist())
+        shown = preview_indices(len(plan), int(settings.preview_frames))
         previews: list[tuple[np.ndarray, np.ndarray]] = []
         try:
-            for start in _progress(range(0, len(plan), chunk), len(plan), chunk, bool(settings.progress)):
-                stop = min(start + chunk, len(plan))
-                tick = time.perf_counter()
-                frames = read_plan_frames(reader, plan[start:stop])
-                seconds["decode"] += time.perf_counter() - tick
-                sources = {i: frames[i - start].copy() for i in shown if start <= i < stop}
-                out, covered = self._dub_chunk(frames, np.arange(start, stop) / fps, speech, seconds)
-                previews += [(source, out[i - start]) for i, source in sorted(sources.items())]
-                dubbed += len(covered)
-                passed.extend(start + k for k in range(len(frames)) if k not in covered)
-                tick = time.perf_counter()
-                for image in out:
-                    writer.write(image[: writer.video.height, : writer.video.width])
-                seconds["encode"] += time.perf_counter() - tick
-            if dubbed == 0:
-                raise DubbingError(
-                    f"no face found in any of the {len(plan)} frames of {video}: nothing to dub"
-                )
-            tick = time.perf_counter()
-            writer.close(speech.wave)
-            seconds["encode"] += time.perf_counter() - tick
-        except BaseException:
-            writer.abort()
-            raise
+            with finished_mp4(writer, speech.wave, seconds):
+                for start in _progress(range(0, len(plan), chunk), len(plan), chunk, bool(settings.progress)):
+                    stop = min(start + chunk, len(plan))
+                    tick = time.perf_counter()
+                    frames = read_plan_frames(reader, plan[start:stop])
+                    seconds["decode"] += time.perf_counter() - tick
+                    sources = {i: frames[i - start].copy() for i in shown if start <= i < stop}
+                    out, covered = self._dub_chunk(frames, np.arange(start, stop) / fps, speech, seconds)
+                    previews += [(source, out[i - start]) for i, source in sorted(sources.items())]
+                    dubbed += len(covered)
+                    passed.extend(start + k for k in range(len(frames)) if k not in covered)
+                    tick = time.perf_counter()
+                    for image in out:
+                        writer.write(image[: writer.video.height, : writer.video.width])
+                    seconds["encode"] += time.perf_counter() - tick
+                if dubbed == 0:
+                    raise DubbingError(
+                        f"no face found in any of the {len(plan)} frames of {video}: nothing to dub"
+                    )
         finally:
             reader.close()
         if previews:
@@ -410,10 +406,23 @@ def write_preview(path: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> Non
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
 
-def _rate(fps: float):
-    from fractions import Fraction
+def preview_indices(num_frames: int, count: int) -> set[int]:
+    """The `count` frames of the side-by-side preview, spread evenly over the video (none for 0)."""
+    return set(np.linspace(0, num_frames - 1, count).round().astype(int).tolist())
 
-    return Fraction(fps).limit_denominator(1001)
+
+@contextmanager
+def finished_mp4(writer: Mp4Writer, audio: np.ndarray, seconds: dict[str, float]) -> Iterator[Mp4Writer]:
+    """Writing frames into `writer`: when the body ends, the audio is muxed and the file moved into place
+    (the time counted in `seconds["encode"]`); on any error the half-written file is removed."""
+    try:
+        yield writer
+        tick = time.perf_counter()
+        writer.close(audio)
+        seconds["encode"] += time.perf_counter() - tick
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _progress(chunks: range, total: int, chunk: int, enabled: bool) -> Iterator[int]:
