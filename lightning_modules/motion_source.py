@@ -169,20 +169,24 @@ class DiffusionMotion:
 
     def expression_of(self, motion: np.ndarray) -> np.ndarray:
         """Normalised motion (T, 70) -> expression coefficients (T, 64) (the training set's statistics)."""
-        normalizer = self.normalizer
-        mean = normalizer.expression_mean.float().cpu().numpy()
-        std = normalizer.expression_std.float().cpu().numpy()
-        return (motion[:, : len(mean)] * std + mean).astype(np.float32)
+        pose_dims = motion.shape[1] - len(self.normalizer.expression_mean)
+        return self.decode(motion, np.zeros(pose_dims), np.ones(pose_dims))[0]
 
-    @staticmethod
-    def pose_of(motion: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    def pose_of(self, motion: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         """Normalised motion (T, 70) -> pose (T, 6) (angles, translation) around `mean` (6,) with the
-        per-identity std `std` (6,): how `MotionNormalizer.decode` puts a pose back."""
-        from lightning_modules.motion import EXPRESSION_DIM
+        per-identity std `std` (6,)."""
+        return self.decode(motion, mean, std)[1]
 
-        return (
-            motion[:, EXPRESSION_DIM:] * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-        ).astype(np.float32)
+    def decode(self, motion: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`MotionNormalizer.decode` on arrays: (expression (T, 64), pose (T, 6))."""
+
+        def tensor(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(
+                np.asarray(values, np.float32), device=self.normalizer.expression_mean.device
+            )
+
+        expression, pose = self.normalizer.decode(tensor(motion), (tensor(mean), tensor(std)))
+        return expression.float().cpu().numpy(), pose.float().cpu().numpy()
 
     def expressions(self, track: Any, speech: Any) -> np.ndarray:
         """(T, 64) expressions at a face track's frame times (s): the speech's one generated sequence

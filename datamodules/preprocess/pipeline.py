@@ -302,22 +302,24 @@ def pack(settings: PreprocessSettings, clips: list[ClipSource]) -> dict[str, int
     """Writes one litdata dataset per split and `manifest.jsonl` from the per-clip results."""
     shard_dir = Path(settings.shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    stage = "speaker" if settings.identity == "speaker" else "clips"
 
-    def result(clip: ClipSource) -> dict[str, Any]:
-        own = load_result(result_path(settings.work_dir, clip.clip_id))
-        if own["record"]["status"] != "accepted" or stage == "clips":
-            return own
-        return load_result(result_path(settings.work_dir, clip.clip_id, stage))
+    def chosen_result(clip: ClipSource) -> Path:
+        """The speaker pass's result where it fitted the clip (`identity: speaker`, accepted clips), else
+        the clip's own."""
+        speaker = result_path(settings.work_dir, clip.clip_id, "speaker")
+        if settings.identity == "speaker" and speaker.exists():
+            return speaker
+        return result_path(settings.work_dir, clip.clip_id)
 
-    records = [result(c)["record"] for c in clips]
+    paths = {c.clip_id: chosen_result(c) for c in clips}
+    records = [load_result(paths[c.clip_id])["record"] for c in clips]
     counts = {}
     for split in SPLITS:
         accepted = [c for c, r in zip(clips, records) if r["status"] == "accepted" and c.split == split]
 
         def samples(chosen: list[ClipSource] = accepted) -> Iterator[dict[str, Any]]:
             for clip in chosen:
-                yield result(clip)["sample"]
+                yield load_result(paths[clip.clip_id])["sample"]
 
         counts[split] = len(accepted)
         if accepted:
