@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 demo: install ## the whole pipeline on the embedded synthetic corpus: train stages 1-4 and Wav2Lip, evaluate, dub
-	$(PY) -m lightning_modules.demo
+	$(PY) -m lightning_modules.tasks.demo
 
 test: install ## the default test suite (what CI runs)
 	$(PY) -m pytest
@@ -28,9 +28,10 @@ test: install ## the default test suite (what CI runs)
 test-full: install ## the default suite plus the tests marked slow
 	$(PY) -m pytest -m ''
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the layer contract (import-linter, pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install ## ruff format and autofix
 	$(VENV)/bin/ruff format .

@@ -11,7 +11,8 @@ os.environ.setdefault("SYNERGYDUB_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from lightning_modules.training import register_resolvers, run_task  # noqa: E402
+from lightning_modules.common.config import register_resolvers  # noqa: E402
+from lightning_modules.tasks.dispatch import run_task  # noqa: E402
 
 register_resolvers()
 

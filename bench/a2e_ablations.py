@@ -12,7 +12,7 @@ The chain a user without Wav2Lip's weights runs, each step a `python run.py` job
 4. stage 1 per row, at experiment=demo's CPU sizes: the full model (`experiment=stage1`) and the four
    `ablation/a2e_*` configs, whose model settings are read from their files; plus the full model with
    the ground-truth frames as an oracle teacher (the upper bound of a perfect teacher);
-5. the table (`lightning_modules.report`): AED, LMD, mouth LMD, Sync (LSE-C through the demo expert)
+5. the table (`lightning_modules.tasks.report`): AED, LMD, mouth LMD, Sync (LSE-C through the demo expert)
    and the same for the ground-truth expressions, mean +- sd over the seeds; then, for every ablation,
    whether its difference from the full model is within the seed spread (`report.spread_notes`).
 A step whose output exists is skipped, so a killed study resumes where it stopped.
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from study import config_overrides, run_unless_done  # noqa: E402
 
-from lightning_modules.report import collect_runs, markdown_table, spread_notes  # noqa: E402
-from lightning_modules.training import METRICS_FILE  # noqa: E402
+from lightning_modules.common.runs import METRICS_FILE  # noqa: E402
+from lightning_modules.evaluation.report import collect_runs, markdown_table, spread_notes  # noqa: E402
 
 ABLATIONS = (
     "ablation/a2e_base",

@@ -35,19 +35,17 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("SYNERGYDUB_ROOT", str(ROOT))
 
 import face3d  # noqa: E402
-from datamodules.preprocess.clip import face_tube, landmarks_for_tube  # noqa: E402
-from datamodules.preprocess.detect import make_detector  # noqa: E402
+from datamodules.media.detect import make_detector  # noqa: E402
+from datamodules.media.face_fit import face_tube, landmarks_for_tube  # noqa: E402
+from datamodules.media.track import crop_frames, to_crop_pixels  # noqa: E402
+from datamodules.media.video import decode_frames  # noqa: E402
 from datamodules.preprocess.pipeline import settings_from_config  # noqa: E402
-from datamodules.preprocess.track import crop_frames, to_crop_pixels  # noqa: E402
-from datamodules.preprocess.video import decode_frames  # noqa: E402
 
 
 def compose():
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from lightning_modules.common.config import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=["data=synthetic"])
+    return compose_config(["data=synthetic"], hydra_config=False)
 
 
 def track_and_crop(frames: np.ndarray, detector, clip) -> tuple:

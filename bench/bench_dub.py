@@ -14,7 +14,7 @@
 - The mouth in silence: the inner-lip gap (px at the crop size, of the landmarks projected from the
   expressions that drive I_3D) of the demo pipeline on each test clip driven by 1 s of speech, 1 s of
   digital silence and 1 s of speech, in the silent second and in the speech, with the silence gate
-  (`dub.pipeline.silence`) and without it, beside the fitted ground truth's gap in the clips' own quiet
+  (`generator.silence`) and without it, beside the fitted ground truth's gap in the clips' own quiet
   and loud frames.
 The face video is a test clip of the synthetic corpus played back and forth to the length asked for,
 with built-in speech of that length. Prints markdown tables (docs/benchmarks.md has the figures).
@@ -37,9 +37,9 @@ STEPS = ("decode", "analysis", "a2e", "render", "paste", "encode")
 
 def face_video(data_dir: Path, seconds: float, out: Path) -> Path:
     """A test clip of the corpus, forward and back to `seconds`, with `seconds` of speech."""
-    from datamodules import audio as audio_lib
-    from datamodules.preprocess.video import decode_frames, write_mp4
-    from lightning_modules.dub import output_plan
+    from datamodules.media import audio as audio_lib
+    from datamodules.media.video import decode_frames, write_mp4
+    from lightning_modules.inference.dubber import output_plan
 
     manifest = data_dir / "synthetic" / "shards" / "manifest.jsonl"
     records = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -57,9 +57,9 @@ def paper_size_checkpoints(out: Path) -> dict[str, Path]:
     import torch
     from omegaconf import OmegaConf
 
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.common.runs import RUN_CONFIG_KEYS
     from lightning_modules.networks.wav2lip import Wav2LipGenerator
-    from lightning_modules.training import RUN_CONFIG_KEYS
-    from tests.helpers import compose_config
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -141,9 +141,10 @@ def silence_table(a2e: str, renderer: str, data_dir: Path) -> list[str]:
     import torch
 
     import face3d
-    from datamodules import audio as audio_lib
-    from lightning_modules.dubbing import Speech, SynergyDubber
-    from lightning_modules.evaluation import clip_track, test_clips
+    from datamodules.media import audio as audio_lib
+    from lightning_modules.evaluation.dubbing import clip_track, test_clips
+    from lightning_modules.inference.generators import SynergyDubber
+    from lightning_modules.inference.tracks import Speech
 
     gate = {"threshold_db": -45.0, "min_s": 0.2, "ramp_s": 0.1}
     dubbers = {
@@ -186,8 +187,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data_dir, log_dir = Path(args.data_dir), Path(args.log_dir)
     demo = [
-        f"dub.pipeline.a2e_checkpoint={log_dir}/train/demo/demo/checkpoints/last.ckpt",
-        f"dub.pipeline.renderer_checkpoint={log_dir}/train/demo_stage4/demo_stage4/checkpoints/last.ckpt",
+        f"generator.a2e_checkpoint={log_dir}/train/demo/demo/checkpoints/last.ckpt",
+        f"generator.renderer_checkpoint={log_dir}/train/demo_stage4/demo_stage4/checkpoints/last.ckpt",
         f"dub.device={args.device}",
     ]
     missing = [o.split("=", 1)[1] for o in demo[:2] if not Path(o.split("=", 1)[1]).is_file()]
@@ -195,9 +196,9 @@ def main() -> None:
         raise SystemExit(f"bench_dub needs the demo chain's checkpoints ({missing}): run `make demo` first")
     paper = paper_size_checkpoints(work / "paper")
     paper_overrides = [
-        f"dub.pipeline.a2e_checkpoint={paper['a2e']}",
-        f"dub.pipeline.renderer_checkpoint={paper['renderer']}",
-        f"dub.pipeline.teacher_checkpoint={paper['teacher']}",
+        f"generator.a2e_checkpoint={paper['a2e']}",
+        f"generator.renderer_checkpoint={paper['renderer']}",
+        f"generator.teacher_checkpoint={paper['teacher']}",
         f"dub.device={args.device}",
     ]
     silence = silence_table(demo[0].split("=", 1)[1], demo[1].split("=", 1)[1], data_dir)

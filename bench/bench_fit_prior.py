@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import face3d  # noqa: E402
-from datamodules import audio as audio_lib  # noqa: E402
+from datamodules.media import audio as audio_lib  # noqa: E402
 from datamodules.shards import MANIFEST_NAME, ShardReader  # noqa: E402
 from datamodules.synthetic import MotionParams, mouth_expression  # noqa: E402
 from face3d.procedural import EXPRESSION_NAMES  # noqa: E402

@@ -27,13 +27,9 @@ os.environ.setdefault("SYNERGYDUB_ROOT", str(ROOT))
 
 
 def compose(data_dir: Path, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from lightning_modules.common.config import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(
-            config_name="config", overrides=["data=synthetic", f"paths.data_dir={data_dir}", *overrides]
-        )
+    return compose_config(["data=synthetic", f"paths.data_dir={data_dir}", *overrides], hydra_config=False)
 
 
 def stage_split(settings) -> dict[str, float]:
@@ -41,11 +37,11 @@ def stage_split(settings) -> dict[str, float]:
     import torch
 
     import face3d
+    from datamodules.media.face_fit import face_tube, landmarks_for_tube
+    from datamodules.media.track import crop_frames, to_crop_pixels
+    from datamodules.media.video import decode_frames
     from datamodules.preprocess import discover_clips
-    from datamodules.preprocess.clip import face_tube, landmarks_for_tube
     from datamodules.preprocess.pipeline import build_tools
-    from datamodules.preprocess.track import crop_frames, to_crop_pixels
-    from datamodules.preprocess.video import decode_frames
 
     tools = build_tools(settings)
     clip = discover_clips(settings.input_dir, settings.corpus)[0]

@@ -65,7 +65,7 @@ def build(device: str):
 
 
 def renderer_forward(nets, render3d, references, masked, mask):
-    from lightning_modules.networks.renderer import warp_references
+    from lightning_modules.networks.flow_net import warp_references
 
     sfm, tmn, rbfin = nets
     warp = warp_references(sfm, render3d, references)
@@ -76,7 +76,7 @@ def renderer_forward(nets, render3d, references, masked, mask):
 def measure(device: str, batch: int, mode: str, steps: int) -> dict[str, float]:
     """One configuration, in this process: seconds per forward and per training step, peak memory."""
     from lightning_modules.losses import ssim_loss
-    from lightning_modules.networks.renderer import count_complexity
+    from lightning_modules.networks.complexity import count_complexity
 
     torch.manual_seed(0)
     nets = build(device)
@@ -144,7 +144,7 @@ def loader_rate(batch: int, workers: int, batches: int, data_dir: Path) -> float
     """`view: frame` examples/s of the synthetic corpus at 192 px, built here if missing."""
     import hydra
 
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     cfg = compose_config(
         [

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from study import config_overrides, run_unless_done  # noqa: E402
 
-from lightning_modules.report import collect_runs, markdown_table, spread_notes  # noqa: E402
-from lightning_modules.training import METRICS_FILE  # noqa: E402
+from lightning_modules.common.runs import METRICS_FILE  # noqa: E402
+from lightning_modules.evaluation.report import collect_runs, markdown_table, spread_notes  # noqa: E402
 
 ABLATIONS = (
     "renderer_base",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import run_unless_done  # noqa: E402
 
-from lightning_modules.training import METRICS_FILE  # noqa: E402
+from lightning_modules.common.runs import METRICS_FILE  # noqa: E402
 
 COLUMNS = ("val/auc", "val/loss", "val/acc", "val/separation", "val/sync_conf", "val/sync_offset")
 CORPUS_SEED = 1234

@@ -19,13 +19,13 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 import face3d
-from datamodules.preprocess.video import write_mp4
+from datamodules.media.video import write_mp4
 
 
 class A2EMediaPanel(L.Callback):
     """Logs `key` (a side-by-side GT | predicted render video with audio) to W&B every
     `every_n_epochs` validation epochs. Needs a module with `face_model`, `camera` and
-    `with_expression` semantics of `lightning_modules.stage1.AudioToExpressionModule`, and a
+    `with_expression` semantics of `lightning_modules.audio_to_expression.AudioToExpressionModule`, and a
     validation step that returns {"prediction": (B, T, 64)}."""
 
     def __init__(

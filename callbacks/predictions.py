@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 import face3d
-from datamodules.audio import VIDEO_FPS
-from datamodules.preprocess.video import write_mp4
+from datamodules.media.audio import VIDEO_FPS
+from datamodules.media.video import write_mp4
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -44,7 +44,15 @@ from datamodules.datasets import (
     ViewOptions,
     evaluation_items,
 )
+from datamodules.preprocess import (
+    PREPROCESS_VERSION,
+    preprocess_corpus,
+    preprocess_recipe,
+    settings_from_config,
+)
+from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences
 from datamodules.shards import MANIFEST_NAME, clip_frame_counts, is_complete_shard_dir
+from datamodules.synthetic import corpus_recipe, generate_corpus
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +172,6 @@ class ShardDataModule(L.LightningDataModule):
         fitted with another face model than the configured one, stop with a message. The shards are ready
         once the manifest exists (preprocessing writes it last), so a run killed while packing is finished
         here rather than trained on half a corpus."""
-        from datamodules.preprocess import PREPROCESS_VERSION, preprocess_recipe, settings_from_config
-        from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences
 
         cfg = OmegaConf.create(dict(self.hparams))
         if self.corpus != "synthetic":
@@ -195,8 +201,6 @@ class ShardDataModule(L.LightningDataModule):
                     "model they were made with (face_model=...), or preprocess again into a new shard_dir"
                 )
             return
-        from datamodules.preprocess import preprocess_corpus
-        from datamodules.synthetic import corpus_recipe, generate_corpus
 
         settings = settings_from_config(cfg)
         wanted = preprocess_recipe(

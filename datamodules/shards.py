@@ -42,8 +42,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datamodules.audio import SAMPLES_PER_FRAME
 from datamodules.emotions import EMOTIONS, UNKNOWN
+from datamodules.media.audio import SAMPLES_PER_FRAME
 from face3d.morphable_model import COEFF_DIMS, NUM_COEFFS
 
 NUM_LANDMARKS = 68

@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamodules import audio as audio_lib
 from datamodules.emotions import NEUTRAL, emotion_offset, offset_table, parse_emotion
-from datamodules.preprocess.video import write_mp4
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import write_mp4
 from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences, write_recipe
+from face3d.procedural import EXPRESSION_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,6 @@ def _worker_setup(face_model: dict, image_size: int, camera: dict, torch_threads
 
 def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     """Renders one clip and writes its mp4 + ground-truth npz; returns a small summary."""
-    from face3d.procedural import EXPRESSION_NAMES
 
     model, camera = _WORKER["model"], _WORKER["camera"]
     motion = MotionParams(**settings["motion"])
@@ -490,7 +490,6 @@ def generate_synthetic_corpus(
     datamodules.emotions.EMOTIONS) are the emotions the clips cycle through (`clip_emotion`), at levels 1 to
     len(`emotion_level_gains`), each shown by its row of `emotion_offsets` ({emotion: {expression
     component: coefficient}}) times its level's gain. Returns {num_clips, num_frames, seconds, splits}."""
-    from face3d.procedural import EXPRESSION_NAMES
 
     start = time.perf_counter()
     check_emotions(emotions, offset_table(emotion_offsets or {}, EXPRESSION_NAMES))

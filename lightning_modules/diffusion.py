@@ -30,6 +30,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# The one default (the DiT's `diffusion.prediction_type` and conf/model/motion_diffusion.yaml follow it):
+# v-prediction keeps the target's scale the same at every noise level (Salimans & Ho 2022).
+DEFAULT_PREDICTION_TYPE = "v_prediction"
 SAMPLERS = ("ddpm", "ddim")
 
 # (x_t (B, W, D), timestep (scalar tensor), prefix (B, W, D), prefix_mask (B, W) bool) -> model output.
@@ -41,7 +44,7 @@ def noise_scheduler(
     beta_schedule: str = "squaredcos_cap_v2",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
-    prediction_type: str = "epsilon",
+    prediction_type: str = DEFAULT_PREDICTION_TYPE,
     clip_sample_range: float | None = 5.0,
 ) -> DDPMScheduler:
     """The training noise schedule (beta_start / beta_end are used by the `linear` schedules only);

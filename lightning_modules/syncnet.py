@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import BinaryAUROC
 
+from lightning_modules.common.optim import optimizer_config
 from lightning_modules.losses import contrastive_sync_loss, sync_loss
-from lightning_modules.metrics import sync_measures
+from lightning_modules.metrics.sync import sync_measures
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
-from lightning_modules.optimization import optimizer_config
 
 __all__ = ["OBJECTIVES", "SyncNetModule"]
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import TINY_MOTION
+
 os.environ.setdefault("SYNERGYDUB_ROOT", str(Path(__file__).resolve().parents[1]))
 
 TINY_CORPUS = {"num_identities": 4, "clips_per_identity": 1, "num_frames": 30, "image_size": 160, "seed": 7}
@@ -76,7 +78,7 @@ def tiny_settings(
     """Preprocessing settings from the composed config (conf/data/<corpus>.yaml) for the tiny corpus: the
     shorter tube minimum its 30-frame clips need, the 128 px crop, a shorter fit, and `overrides`."""
     from datamodules.preprocess import settings_from_config
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     cfg = compose_config(
         [
@@ -113,7 +115,7 @@ def tiny_corpus(tmp_path_factory) -> TinyCorpus:
     import hydra
 
     from datamodules.preprocess import settings_from_config
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     root = tmp_path_factory.mktemp("tiny_corpus")
     teacher = random_teacher_checkpoint(root / "wav2lip.pth")
@@ -144,7 +146,7 @@ def default_corpus(tmp_path_factory) -> Path:
     docstring): point a config at it with `paths.data_dir=<it>`."""
     import hydra
 
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     root = tmp_path_factory.mktemp("default_corpus")
     cfg = compose_config([f"paths.data_dir={root}"], root / "run")
@@ -155,8 +157,9 @@ def default_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_chain(corpus_args, tmp_path_factory):
     """Stage 1 (the demo recipe), stages 2-4 and the demo Wav2Lip, two steps each on the tiny corpus."""
-    from lightning_modules.training import run_task
-    from tests.helpers import SHORT, Chain, compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
+    from tests.helpers import SHORT, Chain
 
     root = tmp_path_factory.mktemp("chain")
     common = [*corpus_args, f"paths.log_dir={root}", *SHORT]
@@ -180,29 +183,13 @@ def tiny_chain(corpus_args, tmp_path_factory):
     )
 
 
-# The motion DiT at test size on the tiny corpus's 30-frame clips: windows of 16 frames (sampling joins
-# windows), a few sampling steps, no sampled validation.
-TINY_MOTION = [
-    "data=synthetic",  # the tiny corpus (the demos train on data=synthetic_emotion)
-    "data.window_frames=16",
-    "model.net.model_dim=32",
-    "model.net.depth=2",
-    "model.net.heads=2",
-    "model.net.audio_feature_dim=16",
-    "model.net.audio_channels=[4,8]",
-    "model.net.audio_hidden_dim=16",
-    "model.sampling.steps=3",
-    "model.sampling.overlap_frames=4",
-    "model.validation.steps=3",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_motion(corpus_args, tmp_path_factory):
     """`demo_motion_diffusion` then `demo_motion_emotion` on its last.ckpt, two steps each (module
     docstring)."""
-    from lightning_modules.training import run_task
-    from tests.helpers import SHORT, MotionCheckpoints, compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
+    from tests.helpers import SHORT, MotionCheckpoints
 
     root = tmp_path_factory.mktemp("motion")
     common = [f"paths.log_dir={root}", *SHORT, *corpus_args, *TINY_MOTION]

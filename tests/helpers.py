@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -58,20 +56,6 @@ def experiment_names() -> list[str]:
         str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
         for p in (CONF_DIR / "experiment").rglob("*.yaml")
     )
-
-
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The real config, composed as `run.py` would, with its output directory at `output_dir`."""
-    from lightning_modules.training import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
 
 
 def instantiate_quietly(cfg: DictConfig) -> tuple[Any, Any, Any]:
@@ -162,3 +146,39 @@ def wandb_history_keys(records: list) -> set[str]:
         if record.HasField("history")
         for item in record.history.item
     }
+
+
+# Stage-1 networks at test size: the real architecture with narrow layers (CPU, 2 cores).
+TINY_STAGE1 = [
+    "model.net.mfcc_channels=[8,8,16,16,16]",
+    "model.net.mfcc_hidden_dim=32",
+    "model.net.image_channels=[8,8,16,16,16]",
+    "model.net.audio_dim=32",
+    "model.net.visual_dim=32",
+    "model.net.model_dim=32",
+    "model.net.lstm_hidden=32",
+    "data.window_frames=8",
+    # The tiny corpus has 2 training clips, one window each per epoch: 1 per rank under 2-process DDP.
+    "data.examples_per_clip=1",
+    "data.batch_size=1",
+]
+
+
+QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+
+
+# The motion DiT at test size on the tiny corpus's 30-frame clips: windows of 16 frames (sampling joins
+# windows), a few sampling steps, no sampled validation.
+TINY_MOTION = [
+    "data=synthetic",  # the tiny corpus (the demos train on data=synthetic_emotion)
+    "data.window_frames=16",
+    "model.net.model_dim=32",
+    "model.net.depth=2",
+    "model.net.heads=2",
+    "model.net.audio_feature_dim=16",
+    "model.net.audio_channels=[4,8]",
+    "model.net.audio_hidden_dim=16",
+    "model.sampling.steps=3",
+    "model.sampling.overlap_frames=4",
+    "model.validation.steps=3",
+]

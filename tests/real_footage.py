@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules import audio as audio_lib
-from datamodules.preprocess.video import write_mp4
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import write_mp4
 
 # x0, y0, x1, y1 in photo pixels: the 68 landmarks' extent, jaw to brows (dlib on the still photo).
 FACE_BOXES = {"astronaut": (178.0, 85.0, 273.0, 180.0), "grace_hopper": (180.0, 150.0, 370.0, 335.0)}

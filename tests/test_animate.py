@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules import audio as audio_lib
-from datamodules.preprocess.video import decode_frames, load_speech, probe, write_mp4
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import decode_frames, load_speech, probe, write_mp4
 from tests.helpers import Chain, MotionCheckpoints
 from tests.real_footage import portrait
 
@@ -44,13 +44,13 @@ def inputs(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
 
 
 def animate_config(chain: Chain, motion: MotionCheckpoints, tmp_path: Path, overrides: list[str]):
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     return compose_config(
         [
             "task=animate",
             f"paths.log_dir={tmp_path}",
-            f"dub.pipeline.renderer_checkpoint={chain.renderer}",
+            f"generator.renderer_checkpoint={chain.renderer}",
             f"animate.motion.checkpoint={motion.emotion}",
             "dub.progress=false",
             *overrides,
@@ -62,7 +62,7 @@ def animate_config(chain: Chain, motion: MotionCheckpoints, tmp_path: Path, over
 @pytest.fixture(scope="module")
 def animate(tiny_chain, tiny_motion, inputs, tmp_path_factory):
     """Runs `task=animate` (cached by its arguments, so that tests share runs)."""
-    from lightning_modules.animate import run_animate
+    from lightning_modules.tasks.animate import run_animate
 
     done: dict[tuple, object] = {}
 
@@ -148,7 +148,7 @@ def test_emotions_change_the_expression_and_the_same_seed_repeats_the_video(
 ) -> None:
     """Same speech and seed: sad and happy generate different expressions; happy again, through the console
     script, writes exactly the same frames."""
-    from lightning_modules.animate import main
+    from lightning_modules.tasks.animate import main
 
     happy, sad = animate("generated", "happy"), animate("generated", "sad")
     difference = np.abs(happy.coeffs[:, 80:144] - sad.coeffs[:, 80:144]).max()
@@ -165,7 +165,7 @@ def test_emotions_change_the_expression_and_the_same_seed_repeats_the_video(
             "-o",
             str(output),
             f"paths.log_dir={tmp_path}",
-            f"dub.pipeline.renderer_checkpoint={tiny_chain.renderer}",
+            f"generator.renderer_checkpoint={tiny_chain.renderer}",
             f"animate.motion.checkpoint={tiny_motion.emotion}",
             "dub.progress=false",
         ]
@@ -177,8 +177,8 @@ def test_emotions_change_the_expression_and_the_same_seed_repeats_the_video(
 def test_bad_inputs_stop_with_the_file_and_the_reason_and_leave_no_output(
     tiny_chain, tiny_motion, inputs, tmp_path
 ) -> None:
-    from lightning_modules.animate import AnimationError, run_animate
-    from lightning_modules.motion_source import ConfigurationError
+    from lightning_modules.common.errors import AnimationError, ConfigurationError
+    from lightning_modules.tasks.animate import run_animate
 
     output = tmp_path / "out.mp4"
     notes = tmp_path / "notes.wav"
@@ -206,7 +206,7 @@ def test_bad_inputs_stop_with_the_file_and_the_reason_and_leave_no_output(
 
 def test_a_plain_motion_dit_animates_with_the_null_emotion(tiny_chain, tiny_motion, inputs, tmp_path) -> None:
     """A checkpoint without an emotion controller is fine as long as no emotion is asked for."""
-    from lightning_modules.animate import run_animate
+    from lightning_modules.tasks.animate import run_animate
 
     short = tmp_path / "short.wav"
     audio_lib.write_wav(short, audio_lib.synthesize_speech(0.4, seed=2))

@@ -7,8 +7,8 @@ import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
-from lightning_modules.training import instantiate_group
-from tests.helpers import compose_config, experiment_names
+from lightning_modules.common.config import compose_config, instantiate_group
+from tests.helpers import experiment_names
 
 
 @pytest.mark.parametrize("experiment", experiment_names())

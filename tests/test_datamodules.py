@@ -11,14 +11,8 @@ import pytest
 import torch
 
 from datamodules import ShardDataModule
-from datamodules.datasets import (
-    choose_references,
-    evaluation_items,
-    mel_windows,
-    mfcc_windows,
-    mouth_mask,
-    mouth_masked_crop,
-)
+from datamodules.datasets import choose_references, evaluation_items, mel_windows, mfcc_windows
+from datamodules.media.masks import mouth_mask, mouth_masked_crop
 from datamodules.shards import COEFF_SLICES, MANIFEST_NAME, random_clip_sample, write_shards
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -367,12 +361,11 @@ def test_corpus_configs_instantiate_the_datamodule(
     corpus: str, shard_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """conf/data/<corpus>.yaml through the real composition of conf/config.yaml."""
-    from hydra import compose, initialize_config_dir
+    from lightning_modules.common.config import compose_config
 
     monkeypatch.setenv("SYNERGYDUB_ROOT", str(CONF.parent))
     overrides = [f"data={corpus}", f"paths.data_dir={tmp_path}", "seed=3"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides, hydra_config=False)
     assert cfg.data.shard_dir == f"{tmp_path}/{corpus}/shards"
     assert cfg.data.image_size == (128 if corpus == "synthetic" else 192)
     cfg.data.shard_dir = str(shard_dir)

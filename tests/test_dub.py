@@ -18,21 +18,26 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules import audio as audio_lib
-from datamodules.preprocess.video import decode_frames, load_speech, probe, write_mp4
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import decode_frames, load_speech, probe, write_mp4
 from tests.helpers import Chain
 from tests.real_footage import talking_clip
 
 
 def dub_config(chain: Chain, tmp_path: Path, overrides: list[str]):
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
+    # The pipeline's checkpoints, unless another generator is chosen (whose node has no such keys); the
+    # renderer run also says how a video is analysed for a generator without a run of its own.
+    pipeline = [f"generator.a2e_checkpoint={chain.a2e}", f"generator.renderer_checkpoint={chain.renderer}"]
+    if any(o.startswith("generator=") for o in overrides):
+        pipeline = []
     return compose_config(
         [
             "task=dub",
             f"paths.log_dir={tmp_path}",
-            f"dub.pipeline.a2e_checkpoint={chain.a2e}",
-            f"dub.pipeline.renderer_checkpoint={chain.renderer}",
+            *pipeline,
+            f"dub.analysis_renderer={chain.renderer}",
             "dub.progress=false",
             *overrides,
         ],
@@ -41,7 +46,7 @@ def dub_config(chain: Chain, tmp_path: Path, overrides: list[str]):
 
 
 def run_dub(chain: Chain, tmp_path: Path, video: Path, audio: Path, *overrides: str) -> dict:
-    from lightning_modules.dub import run_dub as dub
+    from lightning_modules.tasks.dub import run_dub as dub
 
     output = tmp_path / "out.mp4"
     cfg = dub_config(chain, tmp_path, [f"video={video}", f"audio={audio}", f"output={output}", *overrides])
@@ -96,7 +101,7 @@ def test_a_synthetic_clip_is_dubbed_with_its_frame_count_duration_and_the_new_au
 @pytest.fixture
 def rendered(monkeypatch: pytest.MonkeyPatch) -> list:
     """Every `SynergyDubber.render` call of the test, in order: (track, expression, its real result)."""
-    from lightning_modules.dubbing import SynergyDubber
+    from lightning_modules.inference.generators import SynergyDubber
 
     calls = []
     render = SynergyDubber.render
@@ -117,15 +122,15 @@ def test_the_motion_dit_dubs_in_place_of_stage_1_and_the_video_keeps_its_pose(
     frame is rendered with the source track's fitted coefficients but for the expression, which is the
     DiT's one sequence for the whole speech sliced per chunk (the chunks join where the DiT's windows do:
     no jump); above the mouth the output is the source's."""
-    from datamodules.audio import fit_length
-    from lightning_modules.dubbing import Speech
-    from lightning_modules.motion_source import DiffusionMotion
+    from datamodules.media.audio import fit_length
+    from lightning_modules.inference.motion_source import DiffusionMotion
+    from lightning_modules.inference.tracks import Speech
 
     video, speech = _raw_clips(tiny_corpus)[:2]
     overrides = ["motion=diffusion", "emotion=happy", f"motion.checkpoint={tiny_motion.emotion}"]
-    overrides += ["dub.chunk_frames=16", "dub.on_long_audio=trim", "dub.pipeline.silence=null"]
+    overrides += ["dub.chunk_frames=16", "dub.on_long_audio=trim", "generator.silence=null"]
     # The stage-1 checkpoint is not read: a path that does not exist is no problem.
-    overrides.append(f"dub.pipeline.a2e_checkpoint={tmp_path / 'none.ckpt'}")
+    overrides.append(f"generator.a2e_checkpoint={tmp_path / 'none.ckpt'}")
     report = run_dub(tiny_chain, tmp_path, video, speech, *overrides)
     source, out = probe(video), probe(report["output"])
     assert out.num_frames == source.num_frames and out.fps == pytest.approx(source.fps, rel=1e-3)
@@ -154,15 +159,15 @@ def test_the_motion_dit_dubs_a_real_30_fps_portrait_at_its_rate_and_pose(
     emotion=sad`: it stays 30 fps with its frame count; every frame is rendered with the track's own
     fitted pose, identity, texture and light; the expression is the DiT's 25 fps sequence interpolated to
     the frames' times (between ticks at 30 fps); above the mouth the output is the source's."""
-    from datamodules.audio import fit_length
-    from lightning_modules.dubbing import Speech
-    from lightning_modules.motion_source import DiffusionMotion
+    from datamodules.media.audio import fit_length
+    from lightning_modules.inference.motion_source import DiffusionMotion
+    from lightning_modules.inference.tracks import Speech
 
     clip = talking_clip(tmp_path / "hopper.mp4", "grace_hopper", 2.0, fps=30, seed=5)
     speech = tmp_path / "speech.wav"
     audio_lib.write_wav(speech, audio_lib.synthesize_speech(2.0, seed=11))
     overrides = ["motion=diffusion", "emotion=sad", f"motion.checkpoint={tiny_motion.emotion}"]
-    overrides += ["dub.pipeline.silence=null", f"dub.pipeline.a2e_checkpoint={tmp_path / 'none.ckpt'}"]
+    overrides += ["generator.silence=null", f"generator.a2e_checkpoint={tmp_path / 'none.ckpt'}"]
     report = run_dub(tiny_chain, tmp_path, clip.path, speech, *overrides)
     source, out = probe(clip.path), probe(report["output"])
     assert out.fps == pytest.approx(30.0, rel=1e-3) and out.num_frames == source.num_frames
@@ -185,14 +190,17 @@ def test_the_motion_dit_dubs_a_real_30_fps_portrait_at_its_rate_and_pose(
 def test_an_emotion_needs_the_motion_dit_and_its_controller(
     tiny_chain, tiny_motion, tiny_corpus, tmp_path
 ) -> None:
-    from lightning_modules.motion_source import ConfigurationError
+    from lightning_modules.common.errors import ConfigurationError
 
     video, speech = _raw_clips(tiny_corpus)[:2]
     cases = [
         (["emotion=happy"], "needs the diffusion motion"),
         (["motion=diffusion", "emotion=elated"], "unknown emotion 'elated'"),
         (["motion=diffusion", "emotion=sad", f"motion.checkpoint={tiny_motion.dit}"], "emotion controller"),
-        (["motion=diffusion", "model=wav2lip", f"model.checkpoint={tiny_chain.wav2lip}"], "has no stage 1"),
+        (
+            ["motion=diffusion", "generator=wav2lip", f"generator.checkpoint={tiny_chain.wav2lip}"],
+            "has no stage 1",
+        ),
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigurationError, match=message):
@@ -228,7 +236,7 @@ def test_a_real_30_fps_portrait_keeps_its_rate_and_faceless_frames_pass_through_
 
 
 def test_audio_longer_than_the_video_follows_the_policy(tiny_chain, tiny_corpus, tmp_path) -> None:
-    from lightning_modules.dub import output_plan
+    from lightning_modules.inference.dubber import output_plan
 
     assert output_plan(4, 25, 0.16, "loop").tolist() == [0, 1, 2, 3]
     assert output_plan(4, 25, 0.4, "loop").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
@@ -283,7 +291,7 @@ def test_speech_files_of_any_common_format_are_resampled_to_16_khz(tmp_path) -> 
 def test_bad_inputs_stop_with_the_file_and_the_reason_and_leave_no_output(
     tiny_chain, tiny_corpus, tmp_path
 ) -> None:
-    from lightning_modules.dub import DubbingError
+    from lightning_modules.common.errors import DubbingError
 
     video = _raw_clips(tiny_corpus)[0]
     text = tmp_path / "notes.mp4"
@@ -308,7 +316,7 @@ def test_bad_inputs_stop_with_the_file_and_the_reason_and_leave_no_output(
 
 
 def test_the_console_script_takes_hydra_overrides_after_its_options() -> None:
-    from lightning_modules.dub import cli_overrides
+    from lightning_modules.tasks.dub import cli_overrides
 
     overrides = cli_overrides(
         [
@@ -328,7 +336,7 @@ def test_the_console_script_takes_hydra_overrides_after_its_options() -> None:
 
 
 def test_a_batch_dubs_every_pair_lists_failures_and_resumes(tiny_chain, tiny_corpus, tmp_path) -> None:
-    from lightning_modules.dub import run_dub as dub
+    from lightning_modules.tasks.dub import run_dub as dub
 
     videos = _raw_clips(tiny_corpus)[:2]
     folder = tmp_path / "batch"
@@ -351,13 +359,13 @@ def test_wav2lip_dubs_the_same_video_through_the_same_front_and_back_end(
 ) -> None:
     video, speech = _raw_clips(tiny_corpus)[:2]
     report = run_dub(
-        tiny_chain, tmp_path, video, speech, "model=wav2lip", f"model.checkpoint={tiny_chain.wav2lip}"
+        tiny_chain, tmp_path, video, speech, "generator=wav2lip", f"generator.checkpoint={tiny_chain.wav2lip}"
     )
     assert probe(report["output"]).num_frames == probe(video).num_frames
 
 
 def test_paste_back_leaves_every_pixel_outside_the_mouth_region_and_the_crop_border_as_it_was() -> None:
-    from lightning_modules.dub import paste_into_frame, paste_weights
+    from lightning_modules.inference.paste import paste_into_frame, paste_weights
 
     rng = np.random.default_rng(0)
     size = 128
@@ -387,8 +395,8 @@ def test_paste_back_leaves_every_pixel_outside_the_mouth_region_and_the_crop_bor
 
 
 def test_eval_writes_table_1_with_the_wav2lip_row_and_table_3(tiny_chain, corpus_args, tmp_path) -> None:
-    from lightning_modules.evaluation import run_evaluation
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.evaluation.dubbing import run_evaluation
 
     cfg = compose_config(
         [
@@ -434,8 +442,9 @@ def test_eval_writes_table_1_with_the_wav2lip_row_and_table_3(tiny_chain, corpus
 def test_silent_stretches_of_the_speech_close_the_mouth(tiny_chain, tiny_corpus) -> None:
     """The silence gate: in a stretch of silence the expression is the neutral one (lips closed), in
     sound it is stage 1's, with a ramp between; shorter gaps than `min_s` are left to stage 1."""
-    from lightning_modules.dubbing import Speech, SynergyDubber, silence_weights
-    from lightning_modules.evaluation import clip_track, test_clips
+    from lightning_modules.evaluation.dubbing import clip_track, test_clips
+    from lightning_modules.inference.generators import SynergyDubber, silence_weights
+    from lightning_modules.inference.tracks import Speech
 
     rate = 16000
     tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(0.4 * rate)) / rate)

@@ -16,7 +16,6 @@ import torch
 from omegaconf import OmegaConf
 
 from datamodules import ShardDataModule
-from datamodules import audio as audio_lib
 from datamodules.emotions import (
     EMOTIONS,
     NEUTRAL,
@@ -26,8 +25,9 @@ from datamodules.emotions import (
     parse_emotion,
     parse_level,
 )
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import decode_frames, write_mp4
 from datamodules.preprocess import discover_clips, run_preprocessing
-from datamodules.preprocess.video import decode_frames, write_mp4
 from datamodules.shards import MANIFEST_NAME, ShardReader, random_clip_sample, write_shards
 from datamodules.synthetic import (
     MotionParams,

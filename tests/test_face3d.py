@@ -479,7 +479,7 @@ def _grace_hopper_clip(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     import cv2
     import matplotlib
 
-    from datamodules.preprocess.detect import DlibDetector
+    from datamodules.media.detect import DlibDetector
 
     photo = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))[..., ::-1]
     detector = DlibDetector()

@@ -15,18 +15,17 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from datamodules.audio import synthesize_speech
-from datamodules.preprocess.detect import FAN_FILE, DlibDetector
-from lightning_modules.metrics import (
-    ARCFACE_FILE,
-    CSIM,
-    INCEPTION_FILES,
+from datamodules.media.audio import synthesize_speech
+from datamodules.media.detect import FAN_FILE, DlibDetector
+from lightning_modules.metrics.expression import (
     AverageExpressionDistance,
     ImageLandmarkDistance,
-    LipSyncMetric,
-    TemporalStability,
     average_expression_distance,
-    fid_metric,
+)
+from lightning_modules.metrics.identity import ARCFACE_FILE, CSIM
+from lightning_modules.metrics.image import INCEPTION_FILES, TemporalStability, fid_metric
+from lightning_modules.metrics.sync import (
+    LipSyncMetric,
     lse_from_embeddings,
     lse_measures,
     lse_window_count,
@@ -281,7 +280,7 @@ def test_lse_window_count_and_mfcc_windows_follow_the_reference() -> None:
             4 * last + 20 <= mfcc.shape[1] < 4 * (last + 1) + 20
         )  # the last window fits, one more would not
     wave = synthesize_speech(0.5, seed=3)
-    from datamodules.audio import to_int16
+    from datamodules.media.audio import to_int16
 
     # a float waveform is read as the int16 PCM that ffmpeg writes
     np.testing.assert_allclose(syncnet_mfcc(wave), syncnet_mfcc(to_int16(wave)))

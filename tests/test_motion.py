@@ -23,20 +23,12 @@ from lightning_modules.diffusion import (
     training_target,
     window_starts,
 )
-from lightning_modules.motion import (
-    MOTION_DIM,
-    EmotionControlModule,
-    MotionDiffusionModule,
-    MotionNormalizer,
-    expression_moments,
-    mouth_opening,
-    pose_of,
-    temporal_correlation,
-)
+from lightning_modules.motion.dit import MotionDiffusionModule, mouth_opening, temporal_correlation
+from lightning_modules.motion.emotion import EmotionControlModule
+from lightning_modules.motion.normalizer import MOTION_DIM, MotionNormalizer, expression_moments, pose_of
 from lightning_modules.networks.emotion_control import EmotionController
 from lightning_modules.networks.motion_dit import MotionDiT
-from tests.conftest import TINY_MOTION
-from tests.helpers import SHORT
+from tests.helpers import SHORT, TINY_MOTION
 
 TINY_DIT = dict(
     model_dim=32, depth=2, heads=2, audio_feature_dim=16, audio_channels=(4, 8), audio_hidden_dim=16
@@ -245,7 +237,7 @@ def test_an_imperfect_denoiser_does_not_blow_the_samples_up(sampler: str) -> Non
     data (std ~1)."""
     results = {}
     for clip in (None, 5.0):
-        train = noise_scheduler(clip_sample_range=clip)
+        train = noise_scheduler(prediction_type="epsilon", clip_sample_range=clip)
         exact = gp_denoiser(train, 4.0, use_prefix=False)
         gen = torch.Generator().manual_seed(0)
         error = torch.randn(16, 24, 4, generator=gen)
@@ -382,7 +374,7 @@ def test_long_sequences_join_without_a_jump(sampler: str) -> None:
     step is no larger than within a window (within 15%). The measure sees a seam where there is one: with
     the prefix only written into x_t (a denoiser that ignores it, plain RePaint replacement) the joins
     step noticeably more, and independently sampled windows jump."""
-    train = noise_scheduler()
+    train = noise_scheduler(prediction_type="epsilon")
     scheduler = sampling_scheduler(train, sampler, steps=30)
     window, overlap, length, scale, batch = 24, 6, 60, 4.0, 96
     joins = [s + overlap for s in window_starts(length, window, overlap)[1:]]  # first frames of new windows
@@ -471,8 +463,8 @@ def test_wav2vec2_features_from_a_local_folder_frozen_and_out_of_checkpoints(fac
 def test_demo_motion_diffusion_fast_dev_run(corpus_args, tmp_path: Path) -> None:
     """`python run.py experiment=demo_motion_diffusion debug=fdr`, on the tiny corpus: a training and a
     validation batch, the latter sampled (in two windows per 30-frame clip) for the mouth metric."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     cfg = compose_config(
         ["experiment=demo_motion_diffusion", "debug=fdr", f"paths.log_dir={tmp_path}", *QUIET, *corpus_args]
@@ -591,7 +583,7 @@ def test_emotion_controller_steers_a_frozen_dit_to_the_label(face_model) -> None
 def test_emotion_stage_names_a_missing_dit_checkpoint(tmp_path: Path) -> None:
     import hydra
 
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     missing = tmp_path / "nothing.ckpt"
     cfg = compose_config(["experiment=demo_motion_emotion", f"model.init_checkpoint={missing}"], tmp_path)
@@ -607,9 +599,9 @@ def test_eval_motion_writes_its_tables_for_every_model(tiny_motion, corpus_args,
     weight and the per-emotion table every emotion; stage 1 is deterministic (diversity exactly 0), the
     diffusion rows are not."""
     from datamodules.emotions import EMOTIONS
+    from lightning_modules.common.config import compose_config
     from lightning_modules.networks.syncnet import SyncNet
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     common = [f"paths.log_dir={tmp_path}", *SHORT, *corpus_args]
     classifier_dir = tmp_path / "classifier"
@@ -670,7 +662,7 @@ def test_eval_motion_writes_its_tables_for_every_model(tiny_motion, corpus_args,
 def test_frechet_distance_of_gaussians() -> None:
     """Two samples of one Gaussian: near 0; a mean shifted by d: d^2 more; scaled covariances: FID's
     closed form for diagonal ones, sum (s_a - s_b)^2."""
-    from lightning_modules.motion_evaluation import frechet_distance
+    from lightning_modules.evaluation.motion import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4000, 4)), rng.normal(size=(4000, 4))
@@ -688,8 +680,8 @@ def test_demo_recipe_names_the_requested_emotion_on_unseen_speakers(tmp_path: Pa
     unseen test speakers. At the recipe's emotion guidance the judge names the requested emotion in at
     least 60 % of the sequences (chance 12.5 %); its confidence in it rises with the guidance weight; the
     audio-conditioned mouth follows the ground truth's clearly more than audio-free sampling does."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     common = [f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}", *QUIET]
     for experiment in ("demo_motion_diffusion", "demo_motion_emotion", "demo_emotion_classifier"):

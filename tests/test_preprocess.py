@@ -23,12 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from datamodules import audio as audio_lib
-from datamodules.preprocess import discover_clips, run_preprocessing
-from datamodules.preprocess.detect import Face, make_detector
-from datamodules.preprocess.layout import hashed_split
-from datamodules.preprocess.track import select_tube, to_crop_pixels
-from datamodules.preprocess.video import (
+from datamodules.media import audio as audio_lib
+from datamodules.media.detect import Face, make_detector
+from datamodules.media.track import select_tube, to_crop_pixels
+from datamodules.media.video import (
     ClipRejected,
     common_span,
     decode_audio,
@@ -38,6 +36,8 @@ from datamodules.preprocess.video import (
     validate,
     write_mp4,
 )
+from datamodules.preprocess import discover_clips, run_preprocessing
+from datamodules.preprocess.layout import hashed_split
 from datamodules.shards import MANIFEST_NAME, ShardReader, decode_images, num_images
 from datamodules.synthetic import random_background
 
@@ -582,7 +582,7 @@ def test_array_tasks_split_the_clips_and_the_last_one_packs(tmp_path, monkeypatc
 
 
 def test_face_alignment_backend_names_its_missing_weights(tmp_path):
-    from datamodules.preprocess.detect import FAN_FILE, S3FD_FILE, make_detector
+    from datamodules.media.detect import FAN_FILE, S3FD_FILE, make_detector
 
     with pytest.raises(FileNotFoundError) as error:
         make_detector("face_alignment", {"hub_dir": str(tmp_path)})

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_modules.networks.complexity import count_complexity
 from lightning_modules.networks.correction import ReferenceCorrectionNet, keypoint_heatmaps
 from lightning_modules.networks.critic import PatchCritic
 from lightning_modules.networks.flow import flow_image, pixel_grid, resize_flow, warp
+from lightning_modules.networks.flow_net import FlowNet, warp_references
 from lightning_modules.networks.fusion import ConfidenceFusionNet, feather, paste_back
-from lightning_modules.networks.renderer import (
-    MSAF,
-    FlowNet,
-    InpaintingNet,
-    TextureNet,
-    count_complexity,
-    warp_references,
-)
+from lightning_modules.networks.inpainting_net import MSAF, InpaintingNet
+from lightning_modules.networks.texture_net import TextureNet
 
 TINY_FLOW = {"channels": [8, 8, 16, 16, 16], "bottleneck_blocks": 1}
 TINY_TEXTURE = {
@@ -215,8 +211,8 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 def test_each_stage_starts_from_the_previous_stage_checkpoint(corpus_args, tmp_path) -> None:
     """demo_stage2 -> demo_stage3 -> demo_stage4 on the tiny corpus, two steps each: stage 3 holds stage 2's
     networks as trained (frozen) and trains its correction; stage 4 keeps both and trains the fusion."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     common = [*corpus_args, f"paths.log_dir={tmp_path}", *SHORT]
     checkpoints = {}
@@ -253,7 +249,7 @@ def test_pretrained_losses_come_from_weights_dir_or_switch_off_naming_the_file(t
     import hydra
     from torchvision.models.optical_flow import raft_small
 
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -282,8 +278,8 @@ def test_the_phase_schedule_resumes_where_it_stopped(corpus_args, tmp_path) -> N
     stopped, resumed from last.ckpt to six: the resumed run continues the generator-step count, so its
     first step is still in phase one and the next two in phase two (a count restarted at 0 would keep
     eps 0 throughout)."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     overrides = [
         "experiment=demo_stage2",
@@ -308,8 +304,8 @@ def test_training_stays_finite_in_bf16_and_channels_last(corpus_args, tmp_path) 
     """bf16-mixed autocast with channels-last tensors (how a GPU user runs it), four steps through both
     phases of the schedule (SFM + TMN, then joint), then validation: every logged loss and score is
     finite."""
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     overrides = [
         "experiment=demo_stage2",
@@ -358,8 +354,8 @@ def test_demo_recipes_beat_both_baselines_on_unseen_speakers(default_corpus, tmp
     both measured in the same run."""
     import json
 
-    from lightning_modules.training import run_task
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
 
     common = [
         f"paths.data_dir={default_corpus}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lightning_modules.report import collect_runs, markdown_table, spread_notes
+from lightning_modules.evaluation.report import collect_runs, markdown_table, spread_notes
 
 
 def write_run(root: Path, name: str, seed: int, aed: float) -> Path:

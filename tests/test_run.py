@@ -18,24 +18,9 @@ import pytest
 import torch
 
 from datamodules.shards import ShardReader
-from lightning_modules.training import run_task
-from tests.helpers import compose_config, instantiate_quietly, run_cli, wandb_history_keys, wandb_records
-
-# Stage-1 networks at test size: the real architecture with narrow layers (CPU, 2 cores).
-TINY_STAGE1 = [
-    "model.net.mfcc_channels=[8,8,16,16,16]",
-    "model.net.mfcc_hidden_dim=32",
-    "model.net.image_channels=[8,8,16,16,16]",
-    "model.net.audio_dim=32",
-    "model.net.visual_dim=32",
-    "model.net.model_dim=32",
-    "model.net.lstm_hidden=32",
-    "data.window_frames=8",
-    # The tiny corpus has 2 training clips, one window each per epoch: 1 per rank under 2-process DDP.
-    "data.examples_per_clip=1",
-    "data.batch_size=1",
-]
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+from lightning_modules.common.config import compose_config
+from lightning_modules.tasks.dispatch import run_task
+from tests.helpers import QUIET, TINY_STAGE1, instantiate_quietly, run_cli, wandb_history_keys, wandb_records
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,8 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import QUIET, ROOT, TINY_STAGE1, run_cli
 from tests.slurm_cluster import job_ids, job_info, local_slurm_cluster, missing_programs
-from tests.test_run import QUIET, TINY_STAGE1
 
 pytestmark = [
     pytest.mark.slurm,

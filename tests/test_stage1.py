@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader
 
 import face3d
 from callbacks.a2e_media import A2EMediaPanel
-from datamodules.preprocess.video import decode_frames, probe
+from datamodules.media.video import decode_frames, probe
 from face3d import expression_of, with_expression
+from lightning_modules.audio_to_expression import AudioToExpressionModule
+from lightning_modules.common.optim import Ranger
 from lightning_modules.networks.a2e import AudioToExpressionNet, LocalCrossModalAttention, count_complexity
-from lightning_modules.optim import Ranger
-from lightning_modules.stage1 import AudioToExpressionModule
 
 MFCC_WINDOW = 28
 TINY_NET = dict(
@@ -146,7 +146,7 @@ def test_voxceleb_config_serves_semantic_images_at_the_configured_size(tmp_path:
     from datamodules.preprocess import PREPROCESS_VERSION
     from datamodules.recipe import face_model_recipe, write_recipe
     from datamodules.shards import MANIFEST_NAME, random_clip_sample, write_shards
-    from tests.helpers import compose_config
+    from lightning_modules.common.config import compose_config
 
     rng = np.random.default_rng(0)
     shards = tmp_path / "shards"
@@ -308,7 +308,8 @@ def test_sync_metric_through_a_configured_syncnet(face_model, tmp_path: Path) ->
 
 def demo_ratios(data_dir: Path, tmp_path: Path, overrides: tuple[str, ...] = ()) -> tuple[float, float, int]:
     """(AED, LMD) of `experiment=demo` over the mean-expression baseline of the same run, and the steps."""
-    from tests.helpers import compose_config, instantiate_quietly
+    from lightning_modules.common.config import compose_config
+    from tests.helpers import instantiate_quietly
 
     L.seed_everything(1234)
     cfg = compose_config(

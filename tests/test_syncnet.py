@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lightning_modules.losses import contrastive_sync_loss
-from lightning_modules.metrics import sync_measures, sync_probability
+from lightning_modules.metrics.sync import sync_measures, sync_probability
 from lightning_modules.networks.syncnet import SyncNet, face_window, load_syncnet
 from lightning_modules.syncnet import SyncNetModule
-from tests.test_wav2lip import official_unit, random_state_dict, save_official_checkpoint
+from tests.official_weights import official_unit, random_state_dict, save_official_checkpoint
 
 
 def official_syncnet_shapes() -> dict[str, tuple]:
@@ -235,7 +235,8 @@ def test_demo_syncnet_separates_unseen_speakers(default_corpus, tmp_path: Path) 
     through the module's own validation metrics."""
     import lightning as L
 
-    from tests.helpers import compose_config, instantiate_quietly
+    from lightning_modules.common.config import compose_config
+    from tests.helpers import instantiate_quietly
 
     L.seed_everything(1234)
     cfg = compose_config(

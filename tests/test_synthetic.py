@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from datamodules import audio as audio_lib
-from datamodules.preprocess.video import decode_audio, decode_frames, write_mp4
+from datamodules.media import audio as audio_lib
+from datamodules.media.video import decode_audio, decode_frames, write_mp4
 from datamodules.synthetic import MotionParams, mouth_expression
 
 
@@ -106,7 +106,7 @@ def test_write_mp4_round_trip(tmp_path):
 
 
 def test_corpus_layout_ground_truth_and_splits(tiny_corpus):
-    from datamodules.preprocess.detect import DlibDetector
+    from datamodules.media.detect import DlibDetector
 
     raw = tiny_corpus.raw_dir
     clips = sorted(raw.glob("mp4/id*/*/00001.mp4"))

@@ -11,22 +11,8 @@ import torch
 
 from lightning_modules.networks.syncnet import SyncNet
 from lightning_modules.networks.wav2lip import Wav2LipGenerator, generate_semantic_frames, load_wav2lip
-from lightning_modules.teacher import Wav2LipTeacherModule
-
-
-def official_unit(prefix: str, cin: int, cout: int, kernel: int, transpose: bool = False) -> dict[str, tuple]:
-    """Key -> shape of one `Conv2d` / `Conv2dTranspose` unit of Rudrabha/Wav2Lip models/conv.py
-    (`conv_block` = [conv with bias, BatchNorm2d])."""
-    weight = (cin, cout, kernel, kernel) if transpose else (cout, cin, kernel, kernel)
-    return {
-        f"{prefix}.conv_block.0.weight": weight,
-        f"{prefix}.conv_block.0.bias": (cout,),
-        f"{prefix}.conv_block.1.weight": (cout,),
-        f"{prefix}.conv_block.1.bias": (cout,),
-        f"{prefix}.conv_block.1.running_mean": (cout,),
-        f"{prefix}.conv_block.1.running_var": (cout,),
-        f"{prefix}.conv_block.1.num_batches_tracked": (),
-    }
+from lightning_modules.wav2lip_teacher import Wav2LipTeacherModule
+from tests.official_weights import official_unit, random_state_dict, save_official_checkpoint
 
 
 def official_wav2lip_shapes() -> dict[str, tuple]:
@@ -65,35 +51,6 @@ def official_wav2lip_shapes() -> dict[str, tuple]:
     shapes |= official_unit("output_block.0", 80, 32, 3)
     shapes |= {"output_block.1.weight": (3, 32, 1, 1), "output_block.1.bias": (3,)}
     return shapes
-
-
-def random_state_dict(shapes: dict[str, tuple], seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(1000, dtype=torch.long)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = 0.05 * torch.randn(shape, generator=generator)
-    return state
-
-
-def save_official_checkpoint(path: Path, state: dict[str, torch.Tensor], prefix: str) -> None:
-    """A file laid out like the released ones: `save_checkpoint` of wav2lip_train.py (state_dict,
-    Adam state, step, epoch)."""
-    tiny = torch.nn.Parameter(torch.zeros(3))
-    adam = torch.optim.Adam([tiny], lr=1e-4)
-    tiny.grad = torch.ones(3)
-    adam.step()
-    checkpoint = {
-        "state_dict": {prefix + key: value for key, value in state.items()},
-        "optimizer": adam.state_dict(),
-        "global_step": 250000,
-        "global_epoch": 12,
-    }
-    torch.save(checkpoint, path)
 
 
 def test_generator_shapes_and_gradients() -> None:

@@ -4,7 +4,8 @@
 `preprocess_corpus(cfg.data)`.
 """
 
-from datamodules.preprocess.clip import ClipOptions
+from datamodules.media.face_fit import ClipOptions
+from datamodules.media.video import ClipRejected
 from datamodules.preprocess.layout import ClipSource, discover_clips
 from datamodules.preprocess.pipeline import (
     PREPROCESS_VERSION,
@@ -14,7 +15,6 @@ from datamodules.preprocess.pipeline import (
     run_preprocessing,
     settings_from_config,
 )
-from datamodules.preprocess.video import ClipRejected
 
 __all__ = [
     "PREPROCESS_VERSION",

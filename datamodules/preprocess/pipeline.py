@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.preprocess.clip import ClipOptions, Tools, process_clip, refit_with_identity
+from datamodules.media.detect import make_detector
+from datamodules.media.face_fit import ClipOptions, Tools
+from datamodules.media.video import ClipRejected
+from datamodules.preprocess.clip import process_clip, refit_with_identity
 from datamodules.preprocess.layout import ClipSource, discover_clips
-from datamodules.preprocess.video import ClipRejected
 from datamodules.recipe import face_model_recipe, file_digest, read_recipe, recipe_differences, write_recipe
 from datamodules.shards import MANIFEST_NAME, SPLITS, write_shards
 
@@ -61,6 +63,10 @@ class PreprocessSettings:
     device: str  # where fitting, I_3D rendering and the teacher run ("cuda" on a GPU node)
     shard: tuple[int, int]
     teacher_checkpoint: str | None
+    # The class that turns `teacher_checkpoint` into a callable (crops uint8 (T, S, S, 3), mel windows
+    # (T, 80, 16)) -> semantic frames uint8 (conf/data/corpus.yaml `preprocess.teacher_class`): named in
+    # the config so that the data layer imports no network.
+    teacher_class: str
     split_fractions: dict[str, float]
     chunk_bytes: str
     identity: str  # clip | speaker: whose identity coefficients a clip's fit holds
@@ -71,6 +77,7 @@ class PreprocessSettings:
 
 
 IDENTITY_MODES = ("clip", "speaker")
+WAV2LIP_TEACHER = "lightning_modules.networks.wav2lip.SemanticTeacher"
 
 # Bumped whenever the pipeline's code changes what it writes for the same settings (3: the emotion labels).
 PREPROCESS_VERSION = 3
@@ -157,7 +164,6 @@ _TOOLS: dict[str, Tools] = {}
 
 def build_tools(settings: PreprocessSettings) -> Tools:
     import face3d
-    from datamodules.preprocess.detect import make_detector
 
     detector_cfg = dict(settings.detector)
     backend = detector_cfg.get("backend", "dlib")
@@ -166,9 +172,9 @@ def build_tools(settings: PreprocessSettings) -> Tools:
     camera = face3d.PerspectiveCamera(**settings.camera).resized(settings.clip.crop_size)
     teacher = None
     if settings.teacher_checkpoint:
-        from lightning_modules.networks.wav2lip import load_wav2lip
+        import hydra
 
-        teacher = load_wav2lip(settings.teacher_checkpoint).to(settings.device)
+        teacher = hydra.utils.get_class(settings.teacher_class)(settings.teacher_checkpoint, settings.device)
     return Tools(detector=detector, model=model, camera=camera, teacher=teacher)
 
 
@@ -402,6 +408,8 @@ def settings_from_config(data_cfg: Mapping[str, Any]) -> PreprocessSettings:
         device=str(pre["device"]),
         shard=parse_shard(pre["shard"]),
         teacher_checkpoint=pre["teacher_checkpoint"],
+        # A run config written before `teacher_class` existed (a checkpoint's) used the Wav2Lip teacher.
+        teacher_class=str(pre.get("teacher_class", WAV2LIP_TEACHER)),
         split_fractions=dict(pre["split_fractions"]),
         chunk_bytes=str(pre["chunk_bytes"]),
         # A run config written before `identity` existed (a checkpoint's) fitted each clip on its own.

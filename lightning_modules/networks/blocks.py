@@ -78,31 +78,6 @@ class ConvNormAct(nn.Module):
         return self.activation(y)
 
 
-class DeconvNormAct(nn.Module):
-    """ConvTranspose2d -> norm -> activation: the up-sampling step of encoder-decoder generators."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int] = 3,
-        stride: int | tuple[int, int] = 2,
-        padding: int | tuple[int, int] = 1,
-        output_padding: int | tuple[int, int] = 1,
-        norm: str = "batch",
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.conv = nn.ConvTranspose2d(
-            in_channels, out_channels, kernel_size, stride, padding, output_padding, bias=norm == "none"
-        )
-        self.norm = make_norm(norm, out_channels)
-        self.activation = make_activation(activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.norm(self.conv(x)))
-
-
 @dataclass(frozen=True)
 class ConvSpec:
     """One layer of a VGG-style stack: a ConvNormAct, then an optional max-pool."""

@@ -114,9 +114,3 @@ class ReferenceCorrectionNet(nn.Module):
         out = self.head(x)
         colour, alpha = (image + torch.tanh(out[:, :3])).clamp(0, 1), out[:, 3:].sigmoid()
         return {"image": alpha * colour + (1 - alpha) * image, "colour": colour, "alpha": alpha}
-
-    @torch.no_grad()
-    def attention_weights(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) for (B, heads, n, d) queries and (B, heads, m, d) keys: the weights
-        `scaled_dot_product_attention` applies (for inspection and tests)."""
-        return (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).softmax(dim=-1)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.networks.wav2lip import AUDIO_ENCODER as GENERATOR_AUDIO_ENCODER
 from lightning_modules.networks.wav2lip import (
     BGR_ORDER,
     IMAGE_SIZE,
@@ -49,21 +50,11 @@ FACE_ENCODER: list[ConvSpec] = [
     (512, 512, 1, 1, 0, False),
 ]
 
+# Wav2Lip's audio encoder with one more residual unit at 256 channels (syncnet_python / Wav2Lip's expert).
 AUDIO_ENCODER: list[ConvSpec] = [
-    (1, 32, 3, 1, 1, False),
-    (32, 32, 3, 1, 1, True),
-    (32, 32, 3, 1, 1, True),
-    (32, 64, 3, (3, 1), 1, False),  # 27 x 16
-    (64, 64, 3, 1, 1, True),
-    (64, 64, 3, 1, 1, True),
-    (64, 128, 3, 3, 1, False),  # 9 x 6
-    (128, 128, 3, 1, 1, True),
-    (128, 128, 3, 1, 1, True),
-    (128, 256, 3, (3, 2), 1, False),  # 3 x 3
+    *GENERATOR_AUDIO_ENCODER[:11],
     (256, 256, 3, 1, 1, True),
-    (256, 256, 3, 1, 1, True),
-    (256, 512, 3, 1, 0, False),  # 1 x 1
-    (512, 512, 1, 1, 0, False),
+    *GENERATOR_AUDIO_ENCODER[11:],
 ]
 
 

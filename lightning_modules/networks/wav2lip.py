@@ -343,3 +343,16 @@ def generate_semantic_frames(
     if channels_last:
         out = out.permute(0, 2, 3, 1).contiguous()
     return out.numpy() if was_numpy else out
+
+
+class SemanticTeacher:
+    """The Wav2Lip teacher as preprocessing calls it (conf/data/corpus.yaml `preprocess.teacher_class`):
+    built once per worker from a checkpoint (`load_wav2lip`), then (crops (T, S, S, 3) uint8, mel windows
+    (T, 80, 16)) -> the semantic frames (T, 96, 96, 3) uint8, at the teacher's own 96 px (the loader serves
+    them at the size the model is configured for)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        self.generator = load_wav2lip(checkpoint).to(device)
+
+    def __call__(self, crops: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        return generate_semantic_frames(self.generator, crops, mel, output_size=IMAGE_SIZE)

@@ -1,0 +1,129 @@
+"""Playmate's emotion control: the DiT frozen (loaded from the motion_diffusion run), only the emotion
+controller trained; classifier-free guidance with separate audio and emotion weights at inference."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.common.checkpoints import load_networks
+from lightning_modules.motion.dit import MotionDiffusionModule
+
+log = logging.getLogger(__name__)
+
+
+class EmotionControlModule(MotionDiffusionModule):
+    """Stage 2: an `EmotionController` over a frozen, pretrained `MotionDiT` (module docstring)."""
+
+    has_emotion = True
+
+    def __init__(
+        self,
+        controller: nn.Module,
+        init_checkpoint: str | None = None,
+        emotion_dropout: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.controller = controller
+        self.init_checkpoint = init_checkpoint
+        self.emotion_dropout = emotion_dropout
+        self.net.requires_grad_(False).eval()
+        self._warned_unlabelled = False
+
+    def setup(self, stage: str) -> None:
+        """The stage-1 DiT and its statistics first (a resumed emotion run then restores its own copy)."""
+        if self.init_checkpoint:
+            load_networks(
+                self,
+                self.init_checkpoint,
+                "motion DiT",
+                prefixes=("net.", "normalizer."),
+                hint="train it first (experiment=motion_diffusion or demo_motion_diffusion: its last.ckpt)",
+            )
+        elif stage == "fit":
+            log.warning(
+                "EmotionControlModule without model.init_checkpoint: the frozen DiT is randomly initialised "
+                "(fine for a plumbing run, useless otherwise)"
+            )
+        super().setup(stage)
+
+    def train(self, mode: bool = True) -> EmotionControlModule:
+        super().train(mode)
+        self.net.eval()  # frozen: no dropout, no batch-norm statistics updates
+        return self
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Lightning restores each submodule's mode by itself after validation (not through `train()`):
+        the frozen DiT is put back in eval mode before every step."""
+        self.net.eval()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.controller.parameters())
+
+    def emotion_inputs(
+        self, batch: dict[str, Any], generator: torch.Generator | None, training: bool
+    ) -> dict[str, torch.Tensor | None]:
+        size = batch["coeffs"].shape[0]
+        device = batch["coeffs"].device
+        emotion = batch.get("emotion")
+        if emotion is None:
+            if not self._warned_unlabelled:
+                log.warning(
+                    "the batches carry no `emotion` labels: the controller sees the null emotion only"
+                )
+                self._warned_unlabelled = True
+            emotion = torch.full((size,), -1, dtype=torch.long, device=device)
+        emotion = torch.as_tensor(emotion, device=device).long()
+        level = batch.get("emotion_level")
+        level = torch.zeros_like(emotion) if level is None else torch.as_tensor(level, device=device).long()
+        if training and self.emotion_dropout > 0:
+            dropped = self._rand((size,), generator, device) < self.emotion_dropout
+            emotion = torch.where(dropped, torch.full_like(emotion, -1), emotion)
+        return {"emotion": emotion, "level": level}
+
+    def model_output(
+        self,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        audio: torch.Tensor | None,
+        identity: torch.Tensor | None,
+        drop_audio: torch.Tensor | None = None,
+        drop_identity: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        emotion: torch.Tensor | None = None,
+        level: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The frozen DiT with the controller's residual on its audio tokens (none without audio: the
+        unconditional model is the DiT's own)."""
+        residual = condition = None
+        if audio is not None:
+            with torch.no_grad():
+                tokens = self.net.audio_tokens(audio)
+            residual, condition = self.controller(tokens, emotion, level)
+            if drop_audio is not None:  # the unconditional samples get the DiT's own output
+                condition = torch.where(drop_audio[:, None], torch.zeros_like(condition), condition)
+        return self.net(
+            x_t,
+            timesteps,
+            audio,
+            identity,
+            drop_audio,
+            drop_identity,
+            prefix,
+            prefix_mask,
+            audio_residual=residual,
+            condition_residual=condition,
+        )
+
+    def extra_losses(self, batch: dict[str, Any], batch_idx: int, split: str) -> dict[str, torch.Tensor]:
+        """The same loss (same noise and timesteps) with the null emotion."""
+        generator = torch.Generator().manual_seed(self.validation.seed + batch_idx)
+        unlabelled = {**batch, "emotion": torch.full_like(batch["coeffs"][:, 0, 0], -1).long()}
+        return {
+            f"{split}/loss_null_emotion": self.diffusion_loss(unlabelled, generator, training=False)["loss"]
+        }
