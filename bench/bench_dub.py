@@ -1,4 +1,4 @@
-"""Dubbing speed and memory (`task=dub`, lightning_modules/dub.py) on this machine.
+"""Dubbing speed and memory (`task=dub`, lightning_modules/tasks/dub.py) on this machine.
 
     .venv/bin/python bench/bench_dub.py [--data-dir DIR] [--seconds 10 60] [--device cpu|cuda]
 

@@ -1,4 +1,5 @@
-"""The embedded synthetic talking-head corpus (METHOD.md §1.4 stand-in for VoxCeleb2 on machines without it).
+"""The embedded synthetic talking-head corpus (a stand-in for the main
+paper's VoxCeleb2 on machines without it).
 
 Each identity is a random draw of the procedural morphable model (identity, texture tint, SH lighting,
 placement) in front of its own smooth random background, with appearance no fitted 3D face carries

@@ -1,4 +1,4 @@
-"""Stage 1 (METHOD.md 1.2): audio (+ teacher semantic images) -> 3DMM expressions.
+"""Stage 1 (main paper, stage A): audio (+ teacher semantic images) -> 3DMM expressions.
 
 L = L_exp + lambda_shape L_shape: L1 on the 64 expression coefficients, plus L1 on the 2D landmarks
 that the face layer projects from the predicted expression with the ground-truth identity and pose,

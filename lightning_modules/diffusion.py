@@ -2,7 +2,7 @@
 DDPM / DDIM samplers, two-condition classifier-free guidance, and long sequences in overlapping windows.
 
 Plain functions over tensors and a denoiser callable: nothing here knows Lightning or the network
-(`lightning_modules/motion.py` wires them).
+(`lightning_modules/motion/dit.py` wires them).
 
 - Training (Ho et al. 2020): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps from `DDPMScheduler.add_noise`;
   the network regresses eps (`epsilon`) or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0

@@ -1,4 +1,4 @@
-"""Losses shared by the stages (METHOD.md 1.2-1.3). Plain functions of tensors; the LightningModules
+"""Losses shared by the stages (main paper, stages A-B). Plain functions of tensors; the LightningModules
 weight and log them.
 
 The paper writes its stage-1 losses as sums over frames; here they are means (over frames, batch and
@@ -13,7 +13,7 @@ from torch import Tensor
 
 
 def expression_l1(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_exp: mean absolute error of the 64 expression coefficients (METHOD.md 1.2)."""
+    """L_exp: mean absolute error of the 64 expression coefficients (main paper, stage A)."""
     if predicted.shape != target.shape:
         raise ValueError(f"expression shapes differ: {tuple(predicted.shape)} vs {tuple(target.shape)}")
     return (predicted - target).abs().mean()
@@ -33,7 +33,7 @@ def sync_loss(probability: Tensor, in_sync: Tensor) -> Tensor:
     return F.binary_cross_entropy(probability.clamp(1e-6, 1 - 1e-6), in_sync.to(probability.dtype))
 
 
-# --- the renderer (stages 2-4, METHOD.md 1.3) ---------------------------------------------------------
+# --- the renderer (stages 2-4, main paper, stage B) ---------------------------------------------------------
 
 
 def masked_l1(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -84,9 +84,9 @@ VGG19_LAYERS = ("features.1", "features.6", "features.11", "features.20", "featu
 
 
 class PerceptualLoss(torch.nn.Module):
-    """VGG-19 perceptual and style losses (Johnson et al. 2016; METHOD.md 1.3) through torchvision's
+    """VGG-19 perceptual and style losses (Johnson et al. 2016; main paper, stage B) through torchvision's
     feature extractor, with ImageNet weights from `weights` (a state dict; see
-    lightning_modules/pretrained.py):
+    lightning_modules/common/pretrained.py):
     - perceptual: sum_l |phi_l(x) - phi_l(y)|_1 / (C_l H_l W_l), i.e. the sum over layers of the mean
       absolute feature difference;
     - style: sum_l |G(phi_l(x)) - G(phi_l(y))|_1 / (C_l H_l W_l)^2 with the Gram matrix G(F) = F F^T,
@@ -132,8 +132,9 @@ def gram(features: Tensor) -> Tensor:
 
 
 class CorrespondenceLoss(torch.nn.Module):
-    """The correspondence-wise loss L_corr = |C(I_t) - C(I_warp)|_2 (Geng et al. 2022, METHOD.md 1.3), with
-    C the feature encoder of a pretrained optical-flow network: torchvision's RAFT (Teed & Deng 2020), the
+    """The correspondence-wise loss L_corr = |C(I_t) - C(I_warp)|_2 (Geng et al. 2022; main paper, stage
+    B), with C the feature encoder of a pretrained optical-flow network: torchvision's RAFT (Teed & Deng
+    2020), the
     features RAFT correlates to find correspondences. The loss is the mean over positions of the
     Euclidean distance of the two feature vectors: the warped reference must match the target where an
     optical-flow network would look for matches. Frozen, not in checkpoints."""

@@ -1,4 +1,5 @@
-"""`task=animate` (lightning_modules/animate.py) and its console script on a real photograph: Grace Hopper,
+"""`task=animate` (lightning_modules/tasks/animate.py) and its console script on a real photograph: Grace
+Hopper,
 as matplotlib ships her, animated by the motion DiT and the renderer that the real tasks trained for two
 steps on the tiny corpus (tests/conftest.py `tiny_chain`, `tiny_motion`). What is tested does not depend
 on how well they learnt: the mp4 (rate, duration, audio), the head pose of each pose mode through the

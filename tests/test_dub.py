@@ -1,4 +1,4 @@
-"""Dubbing (`task=dub`, lightning_modules/dub.py) and its evaluation (`task=eval`) on real mp4 files.
+"""Dubbing (`task=dub`, lightning_modules/tasks/dub.py) and its evaluation (`task=eval`) on real mp4 files.
 
 The generators are real checkpoints of the suite, trained for a few steps on the tiny corpus by the real
 run.py tasks (`tiny_chain`, and `tiny_motion` for the motion DiT; tests/conftest.py): what is tested here

@@ -39,9 +39,9 @@ from datamodules.synthetic import (
     with_emotion,
 )
 from face3d.procedural import EXPRESSION_NAMES
+from lightning_modules.common.config import compose_config
 
 from .conftest import tiny_settings
-from .helpers import compose_config
 
 MEAD_NAMES = ("angry", "disgusted", "contempt", "fear", "happy", "neutral", "sad", "surprised")
 FAST_FIT = ("face_model.fitting.rigid_steps=10", "face_model.fitting.steps=20")

@@ -1,4 +1,4 @@
-"""The evaluation metrics of METHOD.md 1.5 on real photographs and known perturbations: PSNR / SSIM / LMD /
+"""The main paper's evaluation metrics on real photographs and known perturbations: PSNR / SSIM / LMD /
 CSIM of identical images, shifted faces, two different people; AED of a constant offset; the LSE-D /
 LSE-C protocol of joonson/syncnet_python against a loop-by-loop transcription of its `calc_pdist` /
 `evaluate`, its crop rule, the SyncNet v2 network and its loader; temporal stability; FID's weights

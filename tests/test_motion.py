@@ -1,4 +1,4 @@
-"""Playmate's motion DiT and emotion controller (lightning_modules/motion.py, diffusion.py,
+"""Playmate's motion DiT and emotion controller (lightning_modules/motion/dit.py, diffusion.py,
 networks/motion_dit.py, networks/emotion_control.py): shapes, the noise schedule, classifier-free
 guidance, windowed long sequences, the wav2vec2 option, and the two stages through `run_task`."""
 

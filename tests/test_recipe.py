@@ -14,9 +14,9 @@ import pytest
 from datamodules.preprocess import run_preprocessing
 from datamodules.recipe import read_recipe
 from datamodules.synthetic import generate_synthetic_corpus
+from lightning_modules.common.config import compose_config
 
 from .conftest import tiny_settings
-from .helpers import compose_config
 
 SMALL = {"num_identities": 3, "clips_per_identity": 1, "num_frames": 12, "image_size": 128, "seed": 1}
 

@@ -1,9 +1,10 @@
 """`python run.py task=eval`: dubbing models and stage-1 checkpoints scored on a test split, over every
-frame of every clip, in the layouts of the main paper's Table 1 and Table 3 (METHOD.md 1.5).
+frame of every clip, in the layouts of the main paper's Table 1 and Table 3 (main paper, metrics).
 
 Table 1 (one row per model of `eval.models`: the suite's pipeline, the Wav2Lip-architecture peer, ...):
 every test clip is re-dubbed with its own speech (self-reconstruction, as the paper's Table 1), through
-the very code `task=dub` runs (lightning_modules/dubbing.py), and the crop the viewer would see -- the
+the very code `task=dub` runs (lightning_modules/inference/generators.py), and the crop the viewer would
+see -- the
 generated crop pasted into the ground-truth crop through the paste-back weights of lightning_modules/
 dub.py -- is scored against the ground truth: PSNR, SSIM, LPIPS and FID (where their weights are in
 `paths.weights_dir`), LMD (dlib), CSIM (dlib's identity embedding, or ArcFace), LSE-D / LSE-C

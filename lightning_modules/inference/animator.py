@@ -1,12 +1,13 @@
 """`python run.py task=animate image=PORTRAIT audio=SPEECH [emotion=sad] [pose=generated|source|still]
 [pose_video=V.mp4] [output=OUT.mp4]` (and the `synergydub-animate` console script): a still portrait becomes
-a talking video (METHOD.md 3, Playmate's audio-driven portrait animation with emotion control, rendered by
+a talking video (Playmate, Playmate's audio-driven portrait animation with emotion control, rendered by
 the main paper's renderer).
 
-1. The portrait is analysed with dubbing's front end (lightning_modules/dub.py `analyse_chunk`, the
+1. The portrait is analysed with dubbing's front end (lightning_modules/tasks/dub.py `analyse_chunk`, the
    settings of the renderer's own shards): face detection, the square crop box, landmarks, and the 3DMM and
    appearance fit (`clip.fit_face`) of the single frame: identity, expression, pose, texture and light.
-2. The motion DiT (`animate.motion`, lightning_modules/motion_source.py `DiffusionMotion`) generates the
+2. The motion DiT (`animate.motion`, lightning_modules/inference/motion_source.py `DiffusionMotion`)
+generates the
    expression and head pose of every 25 fps frame of the speech for the portrait's identity, with the
    emotion asked for; the silence gate closes the mouth in silent stretches (`animate.silence`).
 3. The head pose (`pose`):

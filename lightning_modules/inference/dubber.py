@@ -7,12 +7,12 @@ video and a new speech track become a dubbed mp4.
    (`track.crop_box`), landmarks at full resolution, the 3DMM and appearance fit (`clip.fit_face`), all
    with the settings of the renderer's own shards.
 2. The speech (any file PyAV decodes, resampled to 16 kHz) gives MFCC and mel features once.
-3-5. The generator (`lightning_modules.dubbing`) makes each track's new crops: stage 1 at 25 fps,
+3-5. The generator (`lightning_modules.inference.generators`) makes each track's new crops: stage 1 at 25 fps,
    interpolated to the source's frame times, I_3D with the fitted identity, pose, texture and light,
    then stages 2-4; or Wav2Lip's generator (`generator=wav2lip`). `motion=diffusion [emotion=happy]` takes
    the expression from the motion DiT instead of stage 1: one sequence for the whole speech, generated
    on the first track, which every chunk slices, so the chunks join without a jump
-   (lightning_modules/motion_source.py says why); the pose stays the video's.
+   (lightning_modules/inference/motion_source.py says why); the pose stays the video's.
 6. Each crop is pasted back into its full frame through a feathered mask that is 0 at the crop's border
    (no box seam), so outside the mouth region every pixel is the source's own.
 7. Frames go to H.264 as they come, at the source's frame rate (crf `dub.encoder.crf`, 17 by default:

@@ -1,12 +1,12 @@
 """The dubbing generators: a face track (consecutive face crops with their 3DMM fit) and a speech track
-become new face crops whose mouth follows the speech. `task=dub` (lightning_modules/dub.py) runs them on
-videos, `task=eval` (lightning_modules/evaluation.py) on the test shards, through the same code.
+become new face crops whose mouth follows the speech. `task=dub` (lightning_modules/tasks/dub.py) runs them on
+videos, `task=eval` (lightning_modules/evaluation/dubbing.py) on the test shards, through the same code.
 
-- `SynergyDubber`: the suite's pipeline (METHOD.md 1.1): stage 1 maps the speech to expressions, I_3D is
+- `SynergyDubber`: the suite's pipeline (main paper, 3DMM): stage 1 maps the speech to expressions, I_3D is
   rendered with them and the track's own identity, pose, texture and light, and the renderer (stage 2,
   3 or 4, whichever checkpoint is given) makes the crop from I_3D, the mouth-masked crop and K references
   of the same track. With a `motion` source (`task=dub motion=diffusion`) Playmate's motion DiT
-  (lightning_modules/motion_source.py) supplies the expression instead of stage 1.
+  (lightning_modules/inference/motion_source.py) supplies the expression instead of stage 1.
 - `Wav2LipDubber`: the Wav2Lip-architecture generator (an `experiment=teacher` checkpoint or the
   official `wav2lip.pth`): lower half masked, re-drawn from the mel window, as Wav2Lip's `inference.py`
   does (its reference is the frame itself) -- the peer row of Table 1.
@@ -88,7 +88,7 @@ def renderer_inputs(
 
 
 class SynergyDubber:
-    """Stage 1 + the renderer (METHOD.md 1.1). `a2e_checkpoint`: an experiment=stage1 / demo run's
+    """Stage 1 + the renderer (main paper, 3DMM). `a2e_checkpoint`: an experiment=stage1 / demo run's
     checkpoint; `renderer_checkpoint`: a stage 2, 3 or 4 run's; `teacher_checkpoint`: the Wav2Lip teacher
     whose frames stage 1's visual branch reads (needed only when that network uses semantic images).
     `a2e_context` frames of speech on each side of a track give the Bi-LSTM its context; `batch_size`
@@ -99,7 +99,8 @@ class SynergyDubber:
     mouth: the expression is blended into the neutral one (0) by `silence_weights`.
 
     `motion` (a conf/motion/*.yaml node; None or `source: stage1`: stage 1) replaces stage 1 with another
-    expression source: `source: diffusion` is Playmate's motion DiT (lightning_modules/motion_source.py
+    expression source: `source: diffusion` is Playmate's motion DiT
+    (lightning_modules/inference/motion_source.py
     `DiffusionMotion`), whose generated expression drives I_3D while the track keeps its fitted identity,
     pose, texture and light; the stage-1 checkpoint is then not read. The silence gate applies to either
     (in silence it also fades an emotion's lasting expression, since it blends into the neutral face)."""

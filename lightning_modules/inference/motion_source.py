@@ -1,10 +1,10 @@
-"""Playmate's motion DiT (lightning_modules/motion.py) as a motion source for dubbing and animation
-(METHOD.md 3): a trained `MotionDiffusionModule` / `EmotionControlModule` checkpoint, a speech track and a
+"""Playmate's motion DiT (lightning_modules/motion/dit.py) as a motion source for dubbing and animation
+(Playmate): a trained `MotionDiffusionModule` / `EmotionControlModule` checkpoint, a speech track and a
 person's identity coefficients become per-frame 3DMM motion at 25 fps.
 
 - `task=dub motion=diffusion [emotion=happy]` takes the generated *expression* in place of stage 1's
   (`SynergyDubber` with a `motion` node); the video keeps its own pose.
-- `task=animate` takes expression and head pose (lightning_modules/animate.py).
+- `task=animate` takes expression and head pose (lightning_modules/tasks/animate.py).
 
 The whole speech is generated at once, on the 25 fps ticks that cover it, in the DiT's own overlapping
 windows (each continuing the previous one's last frames, lightning_modules/diffusion.py `sample_long`),

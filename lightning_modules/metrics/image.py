@@ -30,7 +30,7 @@ def _to_uint8(image: Tensor) -> np.ndarray:
 
 def lpips_metric(weights_dir: str | None) -> torchmetrics.Metric | None:
     """torchmetrics' LPIPS (AlexNet, Zhang et al. 2018) with its backbone read from `weights_dir`
-    (`alexnet-owt-7be5be79.pth`, see lightning_modules/pretrained.py) and its linear layers from the
+    (`alexnet-owt-7be5be79.pth`, see lightning_modules/common/pretrained.py) and its linear layers from the
     package; None, with a warning naming the file, when the backbone is missing."""
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
@@ -95,7 +95,7 @@ class TemporalStability(torchmetrics.Metric):
     """Flicker of the mouth region: the mean absolute frame-to-frame change of the pixels inside a mouth
     mask, of the generated frames and of the source frames of the same clip, and their ratio
     (generated / source: about 1 when the generated mouth moves as much as the real one, well above 1
-    when frames repaired independently flicker; METHOD.md 1.5's known limitation).
+    when frames repaired independently flicker; main paper, metrics's known limitation).
 
     The change between frames t-1 and t is weighed by the union (max) of their masks, so a moving mask
     covers the mouth in both. Sums over pixels, channels and clips are the states (DDP: summed)."""

@@ -1,4 +1,4 @@
-"""Playmate's motion generation (METHOD.md 3, seed 003): a diffusion transformer over 3DMM motion, and
+"""Playmate's motion generation (Playmate, seed 003): a diffusion transformer over 3DMM motion, and
 its emotion controller.
 
 Motion: per frame the 64 expression and 6 pose values (angle 3, trans 3) of the fitted coefficients

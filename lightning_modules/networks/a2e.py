@@ -1,4 +1,4 @@
-"""Stage A of the method (METHOD.md 1.2): audio (MFCC windows) + teacher "semantic images" -> 64
+"""Stage A of the method (main paper, stage A): audio (MFCC windows) + teacher "semantic images" -> 64
 3DMM expression coefficients per frame.
 
 The design follows Yi et al. 2020 ("Audio-driven talking face video generation with learning-based
@@ -126,7 +126,7 @@ def gather_windows(features: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 class LocalCrossModalAttention(nn.Module):
-    """Each frame's audio feature attends over the visual features of frames t-k .. t+k (METHOD.md 1.2).
+    """Each frame's audio feature attends over the visual features of frames t-k .. t+k (main paper, stage A).
 
     q_t = W_Q F_a^t, K_t / V_t = W_K / W_V F_v^tau for tau in N(t), alpha_t = softmax(q_t K_t^T / sqrt(d))
     over the valid window positions, z_t = q_t + alpha_t V_t. With `fusion="average"` alpha_t is

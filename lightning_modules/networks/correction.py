@@ -1,4 +1,4 @@
-"""Stage 3: reference-augmented correction (SynergyWarpNet, METHOD.md 2, seed 000, step 2).
+"""Stage 3: reference-augmented correction (SynergyWarpNet, SynergyWarpNet, seed 000, step 2).
 
 The stage-2 output I_i* is one warp of the references repaired by inpainting; where the warp is wrong
 (occluded or distorted regions: teeth, the inside of the lips, a turned cheek) it can only guess. Here

@@ -1,4 +1,4 @@
-"""The WGAN-GP critic of the renderer stages (METHOD.md 1.3: Gulrajani et al. 2017).
+"""The WGAN-GP critic of the renderer stages (main paper, stage B: Gulrajani et al. 2017).
 
 A patch critic in the style of pix2pix's PatchGAN (Isola et al. 2017): stride-2 convolutions with
 LeakyReLU, averaged to one score per image. No batch normalisation: the gradient penalty is taken per

@@ -1,4 +1,4 @@
-"""Playmate's emotion control module (METHOD.md 3, seed 003, stage 2): steers a frozen motion DiT.
+"""Playmate's emotion control module (Playmate, seed 003, stage 2): steers a frozen motion DiT.
 
 Playmate trains it on top of the frozen DiT of stage 1: a first block takes the audio and the emotion
 condition, a second fuses its output into the DiT. Here:

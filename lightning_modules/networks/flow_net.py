@@ -1,4 +1,4 @@
-"""Stage B of the main paper (METHOD.md 1.3, seed 002): the 3D-face-guided renderer.
+"""Stage B of the main paper (main paper, stage B, seed 002): the 3D-face-guided renderer.
 
 Three plain networks, built from `blocks` and warping through `flow` (one convention for every net):
 - `FlowNet` (SFM, semantic-guided flow modelling): omega = SFM(I_3D, I_r), a dense flow that carries the

@@ -1,4 +1,4 @@
-"""Stage 4: confidence-guided fusion (SynergyWarpNet, METHOD.md 2, step 3), then paste-back.
+"""Stage 4: confidence-guided fusion (SynergyWarpNet, SynergyWarpNet, step 3), then paste-back.
 
 The three candidates of the mouth region, I_e* (TMN's modulated warp: aligned but coarse), I_i* (RBFIN's
 inpainting: consistent with the crop) and I_c* (stage 3's reference correction: detail from the

@@ -17,7 +17,7 @@ SIGMA_MODES = ("learnable", "fixed")
 
 
 class MSAF(nn.Module):
-    """Multi-scale adaptive fusion of texture features into a decoder feature F_k (METHOD.md 1.3):
+    """Multi-scale adaptive fusion of texture features into a decoder feature F_k (main paper, stage B):
     T_s = Conv_sxs(F_tex) for s in 3, 5, 7; W_s = softmax_s(gamma_s), learnable scalars summing to 1;
     M = sigmoid(Conv_1x1([F_k, T_3, T_5, T_7])), one channel; F_k + sigma (M * sum_s W_s T_s).
     sigma is learnable and held in [0, 1] through a sigmoid (`sigma_mode: learnable`), or fixed (Table 5's

@@ -1,7 +1,7 @@
-"""Playmate's motion generator (METHOD.md 3, seed 003): a diffusion transformer over 3DMM motion.
+"""Playmate's motion generator (Playmate, seed 003): a diffusion transformer over 3DMM motion.
 
 A motion sequence is (B, T, 70) per-frame values, 64 expression + 6 pose (angle 3, trans 3), normalised
-by the training module (`lightning_modules/motion.py`). `MotionDiT` predicts the diffusion model's
+by the training module (`lightning_modules/motion/dit.py`). `MotionDiT` predicts the diffusion model's
 output (noise or velocity) from the noised sequence, conditioned on
 - the timestep and the clip's identity (its 80 `id` coefficients), through adaLN-Zero modulation of
   every block (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers": the norms' shift,

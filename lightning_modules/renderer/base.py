@@ -1,5 +1,6 @@
-"""What the renderer stages share (METHOD.md 1.3 and 2): manual optimisation of a generator against a
-WGAN-GP critic, the losses, the previous stage's checkpoint, and an evaluation that scores every
+"""What the renderer stages share (main paper stage B; SynergyWarpNet): manual optimisation of a
+generator against a WGAN-GP critic, the losses, the previous stage's checkpoint, and an evaluation that
+scores every
 validation frame against two baselines measured in the same run.
 
 Subclasses (`stage2.py`, `stage3.py`, `stage4.py`) say what they generate (`generate`), which networks
@@ -11,7 +12,7 @@ they train (`trained_networks`), and their generator loss (`generator_loss`). Ev
   The stage's own count of generator steps is a buffer (`generator_steps`), so a schedule that reads it
   resumes where it was.
 - Pretrained measures (VGG-19 for the perceptual and style losses, RAFT for the correspondence loss,
-  AlexNet for LPIPS) come from `weights_dir` (lightning_modules/pretrained.py); a missing file switches
+  AlexNet for LPIPS) come from `weights_dir` (lightning_modules/common/pretrained.py); a missing file switches
   its term off with a warning naming the file. They never enter checkpoints.
 - Evaluation: every output is pasted into the mouth-masked crop through the mouth mask (outside it the
   target's own pixels), then PSNR (per image, averaged), SSIM and the landmark distance (dlib on both

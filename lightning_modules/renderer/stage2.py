@@ -1,4 +1,4 @@
-"""Stage 2 (METHOD.md 1.3): the 3D-guided renderer, SFM + TMN + RBFIN, with the paper's staged training.
+"""Stage 2 (main paper, stage B): the 3D-guided renderer, SFM + TMN + RBFIN, with the paper's staged training.
 
 L = eps L^i + (1 - eps) L^e, where
 - L^e = L_rec^e (L1 over the face region of I_e*) + l_SSIM L_SSIM + l_p L_p + l_wgan L_wgan (of I_e*)

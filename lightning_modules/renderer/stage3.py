@@ -1,4 +1,4 @@
-"""Stage 3 (METHOD.md 2, SynergyWarpNet step 2): reference-augmented correction of stage 2's output.
+"""Stage 3 (SynergyWarpNet, SynergyWarpNet step 2): reference-augmented correction of stage 2's output.
 
 Starts from a stage-2 checkpoint (`init_checkpoint`), whose networks stay frozen unless
 `train_previous`; trains `correction_net` (lightning_modules/networks/correction.py), which corrects

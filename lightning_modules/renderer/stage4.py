@@ -1,4 +1,4 @@
-"""Stage 4 (METHOD.md 2, SynergyWarpNet step 3): confidence-guided fusion, then paste-back.
+"""Stage 4 (SynergyWarpNet, SynergyWarpNet step 3): confidence-guided fusion, then paste-back.
 
 Starts from a stage-3 checkpoint; trains `fusion_net` (lightning_modules/networks/fusion.py), which blends
 I_e* (TMN), I_i* (RBFIN) and I_c* (stage 3) per pixel by a learned confidence map, and pastes the blend

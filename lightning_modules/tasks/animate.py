@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from datamodules.emotions import EMOTIONS
-from lightning_modules.common.config import compose_config
-from lightning_modules.common.errors import AnimationError, ConfigurationError, DubbingError
+from lightning_modules.common.errors import AnimationError, ConfigurationError
 from lightning_modules.inference.animator import (
     POSE_MODES,
     Animation,
@@ -24,6 +22,7 @@ from lightning_modules.inference.animator import (
 )
 from lightning_modules.inference.generators import SynergyDubber
 from lightning_modules.inference.motion_source import emotion_label
+from lightning_modules.tasks.console import run_console_script
 
 
 def run_animate(cfg: DictConfig) -> Animation:
@@ -83,10 +82,4 @@ def main(argv: list[str] | None = None) -> None:
     """`synergydub-animate IMAGE AUDIO [--emotion sad] [--pose generated|source|still] [--pose-video V]
     [-o OUT.mp4] [hydra overrides]`: the console script, composing the suite's config as
     `python run.py task=animate` does."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = compose_config(cli_overrides(argv), hydra_config=False)
-    OmegaConf.set_struct(cfg, False)
-    try:
-        run_animate(cfg)
-    except (DubbingError, ConfigurationError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run_console_script(run_animate, cli_overrides(argv))

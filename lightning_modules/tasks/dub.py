@@ -15,10 +15,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.common.checkpoints import run_config
-from lightning_modules.common.config import compose_config
 from lightning_modules.common.errors import ConfigurationError, DubbingError
 from lightning_modules.inference.dubber import AUDIO_SUFFIXES, LONG_AUDIO_POLICIES, VIDEO_SUFFIXES, Dubber
 from lightning_modules.inference.generators import SynergyDubber, build_dubber
+from lightning_modules.tasks.console import run_console_script
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +157,4 @@ def main(argv: list[str] | None = None) -> None:
     """`synergydub-dub VIDEO AUDIO [-o OUT] [--on-long-audio loop] [--generator wav2lip] [--motion diffusion]
     [--emotion happy] [hydra overrides]`: the console script, composing the suite's config as
     `python run.py task=dub` does."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = compose_config(cli_overrides(argv), hydra_config=False)
-    OmegaConf.set_struct(cfg, False)
-    try:
-        run_dub(cfg)
-    except (DubbingError, ConfigurationError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run_console_script(run_dub, cli_overrides(argv))

@@ -108,7 +108,7 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
     log.info("data: %s | model: %s", cfg.data.get("_target_"), cfg.model.get("_target_"))
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: L.LightningModule = hydra.utils.instantiate(cfg.model)
-    # What rebuilds these networks from the checkpoint alone (lightning_modules/checkpointing.py).
+    # What rebuilds these networks from the checkpoint alone (lightning_modules/common/checkpoints.py).
     model.run_config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in RUN_CONFIG_KEYS}
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
