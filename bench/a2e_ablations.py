@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import config_overrides, run_unless_done  # noqa: E402
 
-from lightning_modules.common.runs import METRICS_FILE  # noqa: E402
+from lightning_modules.common.runs import METRICS_FILE, last_checkpoint_path  # noqa: E402
 from lightning_modules.evaluation.report import collect_runs, markdown_table, spread_notes  # noqa: E402
 
 ABLATIONS = (
@@ -53,9 +53,9 @@ def main() -> None:
     log_dir, data_dir = Path(args.log_dir), Path(args.data_dir)
     common = [f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}", "logger=csv"]
 
-    syncnet = log_dir / "train/demo_syncnet/demo_syncnet/checkpoints/last.ckpt"
+    syncnet = last_checkpoint_path(log_dir, "demo_syncnet")
     run_unless_done(["experiment=demo_syncnet", *common], syncnet)
-    teacher = log_dir / "train/demo_teacher/demo_teacher/checkpoints/last.ckpt"
+    teacher = last_checkpoint_path(log_dir, "demo_teacher")
     run_unless_done(["experiment=demo_teacher", *common], teacher)
     shards = data_dir / "synthetic/shards_teacher"
     run_unless_done(

@@ -183,12 +183,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default="/tmp/synergydub_bench_dub")
     args = parser.parse_args()
+    from lightning_modules.common.runs import last_checkpoint_path
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data_dir, log_dir = Path(args.data_dir), Path(args.log_dir)
     demo = [
-        f"generator.a2e_checkpoint={log_dir}/train/demo/demo/checkpoints/last.ckpt",
-        f"generator.renderer_checkpoint={log_dir}/train/demo_stage4/demo_stage4/checkpoints/last.ckpt",
+        f"generator.a2e_checkpoint={last_checkpoint_path(log_dir, 'demo')}",
+        f"generator.renderer_checkpoint={last_checkpoint_path(log_dir, 'demo_stage4')}",
         f"dub.device={args.device}",
     ]
     missing = [o.split("=", 1)[1] for o in demo[:2] if not Path(o.split("=", 1)[1]).is_file()]

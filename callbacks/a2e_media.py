@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
 import face3d
+from datamodules.media.images import to_uint8_images
 from datamodules.media.video import write_mp4
 
 
@@ -85,7 +85,7 @@ class A2EMediaPanel(L.Callback):
                 face3d.with_expression(window["coeffs"], window["prediction"]), albedo=window["albedo"]
             )["image"]
         side_by_side = torch.cat([truth, predicted], dim=-1).clamp(0, 1)  # (T, 3, H, 2W)
-        frames = (side_by_side.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        frames = to_uint8_images(side_by_side)
         path = Path(trainer.default_root_dir) / "media" / f"a2e_epoch{trainer.current_epoch:04d}.mp4"
         write_mp4(path, frames, window["audio"].numpy())
         logger.log_video(

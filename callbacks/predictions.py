@@ -10,7 +10,6 @@ expression side by side (`face3d.FaceRenderer`, the module's face model and came
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 import face3d
 from datamodules.media.audio import VIDEO_FPS
+from datamodules.media.files import atomic_write
 from datamodules.media.video import write_mp4
 
 
@@ -53,9 +53,8 @@ class PredictionWriter(BasePredictionWriter):
                 if isinstance(value, torch.Tensor)
             }
             path = self.dirpath / clip_id.replace("/", "__")
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path.with_suffix(".npz"))
+            with atomic_write(path.with_suffix(".npz"), "wb") as handle:
+                np.savez(handle, **arrays)
             if self.render_video:
                 self._render(pl_module, arrays, path.with_suffix(".mp4"))
 

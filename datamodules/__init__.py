@@ -1,5 +1,6 @@
 """Data: the embedded synthetic corpus, preprocessing of raw corpora into shards, and the
-LightningDataModules every stage trains from."""
+LightningDataModules every stage trains from; `media/` below them holds what preprocessing, dubbing,
+metrics and callbacks share (video, speech, detection, tracking, crops, masks, image layouts, files)."""
 
 from typing import Any
 

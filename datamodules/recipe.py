@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.media.files import atomic_write
+
 RECIPE_NAME = "recipe.json"
 # The keys of a face model node that say which model it is (its camera, fitting and appearance settings
 # are recorded by what uses them).
@@ -64,9 +66,8 @@ def write_recipe(directory: str | os.PathLike, recipe: Mapping[str, Any]) -> Non
     """Atomically (a reader never sees half a recipe)."""
     path = Path(directory) / RECIPE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(as_json(recipe), indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(as_json(recipe), indent=1, sort_keys=True))
 
 
 def recipe_differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:

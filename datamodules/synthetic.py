@@ -39,6 +39,7 @@ import torch
 
 from datamodules.emotions import NEUTRAL, emotion_offset, offset_table, parse_emotion
 from datamodules.media import audio as audio_lib
+from datamodules.media.files import atomic_write
 from datamodules.media.video import write_mp4
 from datamodules.recipe import face_model_recipe, read_recipe, recipe_differences, write_recipe
 from face3d.procedural import EXPRESSION_NAMES
@@ -394,19 +395,20 @@ def render_clip(job: ClipJob, settings: dict[str, Any]) -> dict[str, Any]:
     video = video.round().astype(np.uint8)
     path = Path(job.path)
     write_mp4(path, video, wave, fps=audio_lib.VIDEO_FPS, crf=settings["crf"])
-    gt_tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(
-        gt_tmp,
-        coeffs=coeffs.numpy().astype(np.float32),
-        landmarks=landmarks.astype(np.float32),
-        image_size=np.int64(size),
-        camera=np.array([camera.image_size, camera.focal, camera.center, camera.distance], dtype=np.float64),
-        audio_seed=np.int64(audio_seed),
-        emotion=np.int64(emotion),
-        emotion_level=np.int64(level),
-        emotion_offset=offset,
-    )
-    os.replace(gt_tmp, path.with_suffix(".npz"))
+    with atomic_write(path.with_suffix(".npz"), "wb") as handle:
+        np.savez(
+            handle,
+            coeffs=coeffs.numpy().astype(np.float32),
+            landmarks=landmarks.astype(np.float32),
+            image_size=np.int64(size),
+            camera=np.array(
+                [camera.image_size, camera.focal, camera.center, camera.distance], dtype=np.float64
+            ),
+            audio_seed=np.int64(audio_seed),
+            emotion=np.int64(emotion),
+            emotion_level=np.int64(level),
+            emotion_offset=offset,
+        )
     return {"path": str(path), "frames": num_frames}
 
 
@@ -527,9 +529,8 @@ def generate_synthetic_corpus(
     splits = split_identities(
         identities, split_fractions or {"train": 0.75, "val": 0.125, "test": 0.125}, seed
     )
-    tmp = root / (SPLITS_FILE + ".tmp")
-    tmp.write_text(json.dumps(splits, indent=1))
-    os.replace(tmp, root / SPLITS_FILE)
+    with atomic_write(root / SPLITS_FILE) as handle:
+        handle.write(json.dumps(splits, indent=1))
     jobs = [
         ClipJob(i, j, str(clip_path(root, identity, j)))
         for i, identity in enumerate(identities)

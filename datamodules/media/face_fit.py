@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from datamodules.media import audio as audio_lib
+from datamodules.media.images import to_float_images
 from datamodules.media.track import crop_box, interpolate_boxes, select_tube
 
 
@@ -106,7 +107,7 @@ def fit_face(
         identity=identity,
     )
     renderer = face3d.FaceRenderer(tools.model, tools.camera)
-    images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    images = to_float_images(crops, device)
     appearance = face3d.fit_appearance(
         tools.model, tools.camera, fit.coeffs.detach(), images, renderer=renderer, **options.appearance
     )

@@ -13,6 +13,7 @@ import torch
 
 from datamodules.media import audio as audio_lib
 from datamodules.media.face_fit import ClipOptions, Tools, face_tube, fit_face, landmarks_for_tube
+from datamodules.media.images import to_uint8_images
 from datamodules.media.track import crop_frames, to_crop_pixels
 from datamodules.media.video import (
     ClipRejected,
@@ -100,7 +101,7 @@ def process_clip(
 def _fitted_arrays(appearance: Any, rendered: dict) -> tuple[torch.Tensor, np.ndarray, np.ndarray, Any]:
     """The shard's arrays of a fit: coefficients, I_3D (uint8), its face mask (0 / 255), the albedo."""
     coeffs = appearance.coeffs.detach().float().cpu()
-    render3d = (rendered["image"].permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    render3d = to_uint8_images(rendered["image"])
     face_mask = (rendered["mask"][:, 0].cpu().numpy() > 0.5).astype(np.uint8) * 255
     albedo = None if appearance.albedo is None else appearance.albedo.float().cpu().numpy()
     return coeffs, render3d, face_mask, albedo

@@ -36,6 +36,7 @@ import numpy as np
 
 from datamodules.media.detect import make_detector
 from datamodules.media.face_fit import ClipOptions, Tools
+from datamodules.media.files import atomic_write
 from datamodules.media.video import ClipRejected
 from datamodules.preprocess.clip import process_clip, refit_with_identity
 from datamodules.preprocess.layout import ClipSource, discover_clips
@@ -136,12 +137,8 @@ def result_path(work_dir: str | Path, clip_id: str, stage: str = "clips") -> Pat
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _remove_stale_temporaries(directory: Path) -> None:

@@ -13,6 +13,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_modules.common.runs import last_checkpoint_path
+
 SUITE_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = SUITE_ROOT / "conf"
 
@@ -20,8 +22,7 @@ CONF_DIR = SUITE_ROOT / "conf"
 def last_checkpoint(experiment: str, run_name: str | None = None, *, _root_: DictConfig) -> str:
     """`${last_ckpt:EXPERIMENT}` (or `${last_ckpt:EXPERIMENT,RUN}`): the last.ckpt of that experiment's
     training run under this config's `paths.log_dir` (the deterministic run directory of conf/hydra)."""
-    run = run_name or experiment
-    return f"{_root_.paths.log_dir}/train/{experiment}/{run}/checkpoints/last.ckpt"
+    return str(last_checkpoint_path(_root_.paths.log_dir, experiment, run_name))
 
 
 def register_resolvers() -> None:

@@ -14,6 +14,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from datamodules.media.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -43,10 +45,14 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) ->
         },
     }
     path = os.path.join(cfg.paths.output_dir, METRICS_FILE)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
+    with atomic_write(path) as handle:
         json.dump(record, handle, indent=1)
-    os.replace(tmp, path)
+
+
+def last_checkpoint_path(log_dir: str | Path, experiment: str, run_name: str | None = None) -> Path:
+    """The last.ckpt of an experiment's training run under `log_dir` (conf/hydra's deterministic run
+    directory `train/<experiment>/<run_name>`; the run name defaults to the experiment's name)."""
+    return Path(log_dir) / "train" / experiment / (run_name or experiment) / "checkpoints" / "last.ckpt"
 
 
 def train_run_dir(cfg: DictConfig) -> Path:

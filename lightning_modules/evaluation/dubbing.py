@@ -40,6 +40,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from datamodules.datasets import ClipDataset, ViewOptions, mfcc_windows
 from datamodules.media.audio import SAMPLES_PER_FRAME, fit_length, mel_windows
 from datamodules.media.detect import FAN_FILE
+from datamodules.media.images import to_float_images, to_uint8_images
 from datamodules.shards import decode_images
 from face3d import expression_of
 from lightning_modules.common.checkpoints import load_trained_module
@@ -95,10 +96,6 @@ def speech_for(speech: Speech, num_frames: int) -> Speech:
     return Speech.from_wave(fit_length(speech.wave, num_frames * SAMPLES_PER_FRAME))
 
 
-def _images(frames: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
-
-
 def composite(track: FaceTrack, result: DubbedTrack, feather: float) -> tuple[Tensor, Tensor]:
     """What a dubbed video shows in the crop: the generated crop blended into the ground-truth crop by the
     paste-back weights of `task=dub`, at the ground truth's size. Returns (images (T, 3, S, S) in [0, 1],
@@ -113,11 +110,7 @@ def composite(track: FaceTrack, result: DubbedTrack, feather: float) -> tuple[Te
         weights.append(torch.from_numpy(paste_weights(result.mouth_mask[k, 0].numpy(), sets, feather)))
     weights = F.interpolate(torch.stack(weights)[:, None], size=(size, size), mode="bilinear")
     generated = F.interpolate(result.images, size=(size, size), mode="bilinear", antialias=True)
-    return (weights * generated + (1 - weights) * _images(track.crops)).clamp(0, 1), weights
-
-
-def _uint8(images: Tensor) -> np.ndarray:
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return (weights * generated + (1 - weights) * to_float_images(track.crops)).clamp(0, 1), weights
 
 
 def sync_metric(cfg: DictConfig) -> LipSyncMetric | None:
@@ -187,7 +180,7 @@ class RowScores:
 
     def update(self, track: FaceTrack, output: Tensor, mask: Tensor, wave: np.ndarray) -> dict[str, float]:
         """One clip; returns its own values (the per-clip CSV)."""
-        truth = _images(track.crops)
+        truth = to_float_images(track.crops)
         clip: dict[str, float] = {}
         boxes = torch.from_numpy(np.concatenate([track.landmarks.min(1), track.landmarks.max(1)], 1))
         for name, prototype in self.metrics.items():
@@ -207,7 +200,7 @@ class RowScores:
         if self.sync is not None:
             metric = self.sync.clone()
             metric.reset()
-            update_sync(metric, track, _uint8(output), wave)
+            update_sync(metric, track, to_uint8_images(output), wave)
             values = metric.compute()
             clip["LSE-D"], clip["LSE-C"] = float(values["lse_d"]), float(values["lse_c"])
             self._add("LSE-D", clip["LSE-D"], 1)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.media import audio as audio_lib
+from datamodules.media.images import to_float_images
 
 
 @dataclass
@@ -70,5 +71,4 @@ def resize_images(images: Tensor, size: int) -> Tensor:
 
 def float_images(crops: np.ndarray, size: int, device: torch.device | str) -> Tensor:
     """uint8 (T, S, S, 3) -> float (T, 3, size, size) in [0, 1]."""
-    images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float() / 255.0
-    return resize_images(images, size).clamp(0, 1)
+    return resize_images(to_float_images(crops, device), size).clamp(0, 1)

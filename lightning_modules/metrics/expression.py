@@ -12,8 +12,8 @@ import torchmetrics
 from torch import Tensor
 
 from datamodules.media.detect import FAN_FILE
+from datamodules.media.images import to_uint8_images
 from lightning_modules.common.pretrained import offline_torch_hub
-from lightning_modules.metrics.image import _to_uint8
 
 # iBUG 68-point order: the mouth is points 48-67 (outer lip 48-59, inner lip 60-67).
 MOUTH_LANDMARKS = tuple(range(48, 68))
@@ -77,7 +77,7 @@ class ImageLandmarkDistance(torchmetrics.Metric):
         self._fan = _face_alignment_fan(weights_dir, device) if backend == "face_alignment" else None
 
     def _landmarks(self, image: Tensor, box: tuple[int, int, int, int]) -> np.ndarray:
-        pixels = np.ascontiguousarray(_to_uint8(image))
+        pixels = to_uint8_images(image)
         if self._fan is not None:
             found = self._fan.get_landmarks_from_image(pixels, detected_faces=[np.asarray(box, np.float32)])
             return np.asarray(found[0][:, :2], dtype=np.float64)

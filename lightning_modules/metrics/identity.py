@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
+from datamodules.media.images import to_float_images, to_uint8_images
 from lightning_modules.metrics.expression import _dlib_model
-from lightning_modules.metrics.image import _to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class CSIM(torchmetrics.Metric):
     @torch.no_grad()
     def embedding(self, image: Tensor, box: Sequence[float] | None = None) -> Tensor | None:
         """The identity embedding of one (3, H, W) RGB image in [0, 1] (None when no face is found)."""
-        pixels = np.ascontiguousarray(_to_uint8(image))
+        pixels = to_uint8_images(image)
         shape = self._shape(pixels, box)
         if shape is None:
             return None
@@ -114,7 +114,7 @@ class CSIM(torchmetrics.Metric):
                 np.asarray(recogniser.compute_face_descriptor(pixels, shape)), dtype=torch.float64
             )
         landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
-        chip = torch.from_numpy(arcface_chip(pixels, landmarks)).permute(2, 0, 1).float() / 255.0
+        chip = to_float_images(arcface_chip(pixels, landmarks))
         return self._arcface((chip[None] - 0.5) / 0.5).flatten().double()
 
     def update(self, generated: Tensor, source: Tensor, boxes: Tensor | None = None) -> None:

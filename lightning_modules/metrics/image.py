@@ -7,7 +7,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchmetrics
 from torch import Tensor
@@ -21,11 +20,6 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 
 
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
-
-
-def _to_uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) RGB in [0, 1] -> (H, W, 3) uint8 (rounded, as an 8-bit frame would hold it)."""
-    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def lpips_metric(weights_dir: str | None) -> torchmetrics.Metric | None:

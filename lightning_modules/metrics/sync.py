@@ -11,6 +11,7 @@ import torchmetrics
 from torch import Tensor
 
 from datamodules.media.audio import mel_windows, melspectrogram, to_int16
+from datamodules.media.images import to_float_images
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
 from lightning_modules.networks.syncnet_v2 import FACE_SIZE, MFCC_WINDOW, SyncNetV2
 
@@ -200,7 +201,7 @@ def _suite_syncnet_embeddings(
 ) -> tuple[Tensor, Tensor]:
 
     device = next(network.parameters()).device
-    faces = frames.permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W) RGB in [0, 1]
+    faces = to_float_images(frames)  # (T, 3, H, W) RGB in [0, 1]
     mel = torch.from_numpy(mel_windows(melspectrogram(wave), np.arange(count)))  # (N, 80, 16)
     steps = _window_starts(count)
     video_out, audio_out = [], []

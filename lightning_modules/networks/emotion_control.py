@@ -1,6 +1,6 @@
-"""Playmate's emotion control module (Playmate, seed 003, stage 2): steers a frozen motion DiT.
+"""Playmate's emotion control module (Playmate, its emotion stage): steers a frozen motion DiT.
 
-Playmate trains it on top of the frozen DiT of stage 1: a first block takes the audio and the emotion
+Playmate trains it on top of the frozen, pretrained DiT: a first block takes the audio and the emotion
 condition, a second fuses its output into the DiT. Here:
 - the emotion condition is a learned embedding of one of `num_emotions` labels (the order of
   `datamodules.emotions.EMOTIONS`: neutral, angry, disgusted, contempt, fear, happy, sad, surprised)
@@ -12,7 +12,7 @@ condition, a second fuses its output into the DiT. Here:
   per frame, a residual (B, T, d) the DiT adds to its audio tokens (`audio_residual`); per clip, from the
   time average, a residual (B, d) added to its adaLN condition (`condition_residual`: the path through
   which a DiT takes a class label, for an emotion's lasting offset). At initialisation both are exactly
-  zero, so training starts from the stage-1 model's behaviour (as ControlNet's zero convolutions, Zhang
+  zero, so training starts from the pretrained DiT's behaviour (as ControlNet's zero convolutions, Zhang
   et al. 2023).
 """
 
