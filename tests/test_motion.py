@@ -27,7 +27,7 @@ from lightning_modules.motion.dit import MotionDiffusionModule, mouth_opening, t
 from lightning_modules.motion.emotion import EmotionControlModule
 from lightning_modules.motion.normalizer import MOTION_DIM, MotionNormalizer, expression_moments, pose_of
 from lightning_modules.networks.emotion_control import EmotionController
-from lightning_modules.networks.motion_dit import MotionDiT
+from lightning_modules.networks.motion_dit import MotionCondition, MotionDiT
 from tests.helpers import SHORT, TINY_MOTION
 
 TINY_DIT = dict(
@@ -105,12 +105,14 @@ def test_dit_shapes_and_every_parameter_reached(audio_encoder: str) -> None:
     out = net(
         torch.randn(4, 10, MOTION_DIM),
         torch.tensor([0, 10, 500, 999]),
-        audio,
-        torch.randn(4, 80),
-        drop_audio=torch.tensor([True, False, False, True]),
-        drop_identity=torch.tensor([False, True, False, False]),
-        prefix=torch.randn(4, 10, MOTION_DIM),
-        prefix_mask=prefix_mask,
+        MotionCondition(
+            audio,
+            torch.randn(4, 80),
+            drop_audio=torch.tensor([True, False, False, True]),
+            drop_identity=torch.tensor([False, True, False, False]),
+            prefix=torch.randn(4, 10, MOTION_DIM),
+            prefix_mask=prefix_mask,
+        ),
         audio_residual=torch.randn(4, 10, 32),
     )
     assert out.shape == (4, 10, MOTION_DIM)
@@ -125,7 +127,11 @@ def test_zero_initialisation_dit_outputs_zero_and_controller_adds_nothing(face_m
     torch.manual_seed(0)
     net = MotionDiT(**TINY_DIT)
     batch = window_batch(2, 8)
-    out = net(torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), net.encode_audio(batch["mfcc"], 8), None)
+    out = net(
+        torch.randn(2, 8, MOTION_DIM),
+        torch.tensor([5, 700]),
+        MotionCondition(net.encode_audio(batch["mfcc"], 8), None),
+    )
     assert torch.equal(out, torch.zeros_like(out))
     controller = EmotionController(model_dim=32, hidden_dim=16, depth=1, heads=2)
     residual, condition = controller(torch.randn(2, 8, 32), torch.tensor([3, -1]), torch.tensor([2, 0]))
@@ -133,11 +139,13 @@ def test_zero_initialisation_dit_outputs_zero_and_controller_adds_nothing(face_m
     assert condition.shape == (2, 32) and torch.equal(condition, torch.zeros_like(condition))
     module = tiny_module(face_model, emotion=True)
     randomise_zero_layers(module.net)
-    args = (torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]), module.net.encode_audio(batch["mfcc"], 8))
-    identity = torch.randn(2, 80)
+    args = (torch.randn(2, 8, MOTION_DIM), torch.tensor([5, 700]))
+    dit_condition = MotionCondition(module.net.encode_audio(batch["mfcc"], 8), torch.randn(2, 80))
     torch.testing.assert_close(
-        module.model_output(*args, identity, emotion=torch.tensor([5, 1]), level=torch.tensor([3, 1])),
-        module.net(*args, identity),
+        module.model_output(
+            *args, dit_condition.replace(emotion=torch.tensor([5, 1]), level=torch.tensor([3, 1]))
+        ),
+        module.net(*args, dit_condition),
         rtol=0,
         atol=0,
     )
@@ -260,14 +268,18 @@ def test_guidance_with_zero_weights_is_the_unconditional_model(face_model) -> No
     audio = module.net.encode_audio(batch["mfcc"], 12)
     identity = torch.randn(2, 80)
     x_t, t = torch.randn(2, 12, MOTION_DIM), torch.tensor(400)
-    unconditional = module.model_output(x_t, t, None, identity)
-    conditional = module.model_output(x_t, t, audio, identity)
+    unconditional = module.model_output(x_t, t, MotionCondition(None, identity))
+    conditional = module.model_output(x_t, t, MotionCondition(audio, identity))
     assert not torch.allclose(unconditional, conditional, atol=1e-4), "the audio must matter"
-    guided = module.guided_output(x_t, t, audio, identity, audio_weight=0.0, emotion_weight=0.0)
+    guided = module.guided_output(
+        x_t, t, MotionCondition(audio, identity), audio_weight=0.0, emotion_weight=0.0
+    )
     assert torch.equal(guided, unconditional)
-    torch.testing.assert_close(module.guided_output(x_t, t, audio, identity, audio_weight=1.0), conditional)
     torch.testing.assert_close(
-        module.guided_output(x_t, t, audio, identity, audio_weight=3.0),
+        module.guided_output(x_t, t, MotionCondition(audio, identity), audio_weight=1.0), conditional
+    )
+    torch.testing.assert_close(
+        module.guided_output(x_t, t, MotionCondition(audio, identity), audio_weight=3.0),
         unconditional + 3.0 * (conditional - unconditional),
     )
     other = window_batch(2, 30, seed=5)["mfcc"]
@@ -284,13 +296,19 @@ def test_guidance_with_zero_weights_is_the_unconditional_model(face_model) -> No
     audio = emotional.net.encode_audio(batch["mfcc"], 12)
     emotion, level = torch.tensor([5, 1]), torch.tensor([3, 2])
     assert torch.equal(
-        emotional.guided_output(x_t, t, audio, identity, None, None, emotion, level, 0.0, 0.0),
-        emotional.net(x_t, t, None, identity),
+        emotional.guided_output(
+            x_t, t, MotionCondition(audio, identity, emotion=emotion, level=level), 0.0, 0.0
+        ),
+        emotional.net(x_t, t, MotionCondition(None, identity)),
     )
-    full = emotional.model_output(x_t, t, audio, identity, emotion=emotion, level=level)
-    assert not torch.allclose(full, emotional.model_output(x_t, t, audio, identity), atol=1e-4)
+    full = emotional.model_output(x_t, t, MotionCondition(audio, identity, emotion=emotion, level=level))
+    assert not torch.allclose(
+        full, emotional.model_output(x_t, t, MotionCondition(audio, identity)), atol=1e-4
+    )
     torch.testing.assert_close(
-        emotional.guided_output(x_t, t, audio, identity, None, None, emotion, level, 1.0, 1.0),
+        emotional.guided_output(
+            x_t, t, MotionCondition(audio, identity, emotion=emotion, level=level), 1.0, 1.0
+        ),
         full,
         atol=1e-5,
         rtol=1e-5,

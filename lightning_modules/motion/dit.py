@@ -9,7 +9,7 @@ frames of the sequence itself (a training window; a whole clip at evaluation), s
 head *motion* rather than where each person holds their head. A generated pose is put back with the
 statistics of a reference clip of the same person (`MotionNormalizer.to_coeffs`).
 
-`MotionDiffusionModule` (stage 1) trains `MotionDiT` (`networks/motion_dit.py`): x_0 noised by the
+`MotionDiffusionModule` (the DiT pretraining) trains `MotionDiT` (`networks/motion_dit.py`): x_0 noised by the
 diffusers DDPM schedule, MSE on the velocity or on the noise (`diffusion.prediction_type`; v by default, see
 conf/model/motion_diffusion.yaml: with the noise a clip-level condition is barely learnt), audio and
 identity dropped independently (learned null embeddings) with `condition_dropout` probabilities, and a
@@ -24,7 +24,7 @@ by `sampling.overlap_frames` (`lightning_modules/diffusion.py`), classifier-free
 identity is the person, not a guided condition: it is kept in every term (its dropout lets a model
 sample without one, `identity=None`).
 
-`EmotionControlModule` (stage 2) loads a trained stage-1 checkpoint (`init_checkpoint`), freezes the
+`EmotionControlModule` (the emotion stage) loads a pretrained DiT checkpoint (`init_checkpoint`), freezes the
 DiT (no gradients, eval mode throughout, so its weights stay bit-identical) and trains only the
 `EmotionController` (`networks/emotion_control.py`), whose zero-initialised residuals join the DiT's
 audio tokens and its adaLN condition. The batch's `emotion` / `emotion_level` (datamodules.emotions: the
@@ -71,6 +71,7 @@ from lightning_modules.motion.normalizer import (
     fit_to_training_set,
     identity_of,
 )
+from lightning_modules.networks.motion_dit import MotionCondition
 
 # iBUG 68 inner lips: upper 61-63 over lower 67-65.
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
@@ -150,7 +151,7 @@ def temporal_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) ->
 
 
 class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
-    """Stage 1: trains a `MotionDiT` on `view: window` batches (module docstring)."""
+    """The DiT pretraining: trains a `MotionDiT` on `view: window` batches (module docstring)."""
 
     # The face model (mouth metric) and a frozen wav2vec2 are configuration, not learned state.
     frozen_prefixes = ("face_model.", "net.audio_encoder.wav2vec2.")
@@ -214,61 +215,38 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
     # --- the model's output and its guidance ---------------------------------------------------------
 
     def model_output(
-        self,
-        x_t: torch.Tensor,
-        timesteps: torch.Tensor,
-        audio: torch.Tensor | None,
-        identity: torch.Tensor | None,
-        drop_audio: torch.Tensor | None = None,
-        drop_identity: torch.Tensor | None = None,
-        prefix: torch.Tensor | None = None,
-        prefix_mask: torch.Tensor | None = None,
-        emotion: torch.Tensor | None = None,
-        level: torch.Tensor | None = None,
+        self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: MotionCondition
     ) -> torch.Tensor:
-        """The network's prediction (noise or velocity). `audio` None: the unconditional model. Emotion is
-        ignored here (the emotion stage overrides this)."""
-        return self.net(x_t, timesteps, audio, identity, drop_audio, drop_identity, prefix, prefix_mask)
+        """The network's prediction (noise or velocity). `condition.audio` None: the unconditional model.
+        Emotion is ignored here (the emotion stage overrides this)."""
+        return self.net(x_t, timesteps, condition)
 
     def guided_output(
         self,
         x_t: torch.Tensor,
         timesteps: torch.Tensor,
-        audio: torch.Tensor,
-        identity: torch.Tensor | None,
-        prefix: torch.Tensor | None = None,
-        prefix_mask: torch.Tensor | None = None,
-        emotion: torch.Tensor | None = None,
-        level: torch.Tensor | None = None,
+        condition: MotionCondition,
         audio_weight: float = 1.0,
         emotion_weight: float = 0.0,
     ) -> torch.Tensor:
-        """`diffusion.combine_guidance` of out(null), out(audio) (null emotion) and out(audio, emotion).
-        The unconditional term runs on its own; the conditioned ones, when their weight needs them, in
-        one batch."""
+        """`diffusion.combine_guidance` of out(null) (`condition` without audio, null emotion), out(audio)
+        (null emotion) and out(audio, emotion). The unconditional term runs on its own; the conditioned
+        ones, when their weight needs them, in one batch."""
         unconditional = self.model_output(
-            x_t, timesteps, None, identity, prefix=prefix, prefix_mask=prefix_mask
+            x_t, timesteps, condition.replace(audio=None, drop_audio=None, emotion=None, level=None)
         )
         if audio_weight == 0 and emotion_weight == 0:
             return unconditional
         batch = x_t.shape[0]
         copies = 2 if emotion_weight != 0 else 1
+        emotion, level = condition.emotion, condition.level
         none = torch.full((batch,), -1, dtype=torch.long, device=x_t.device)
         emotions = [none] + ([emotion if emotion is not None else none] if copies == 2 else [])
         levels = [torch.zeros_like(none)] + (
             [level if level is not None else torch.zeros_like(none)] * (copies - 1)
         )
-        repeat = lambda t: None if t is None else torch.cat([t] * copies)  # noqa: E731
-        outputs = self.model_output(
-            repeat(x_t),
-            timesteps,
-            repeat(audio),
-            repeat(identity),
-            prefix=repeat(prefix),
-            prefix_mask=repeat(prefix_mask),
-            emotion=torch.cat(emotions),
-            level=torch.cat(levels),
-        ).chunk(copies)
+        conditioned = condition.repeated(copies).replace(emotion=torch.cat(emotions), level=torch.cat(levels))
+        outputs = self.model_output(torch.cat([x_t] * copies), timesteps, conditioned).chunk(copies)
         return combine_guidance(
             unconditional,
             outputs[0],
@@ -329,17 +307,16 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         drop_audio = self._rand((size,), generator, device) < dropout.audio
         drop_identity = self._rand((size,), generator, device) < dropout.identity
         prefix_mask = self.random_prefix(size, length, generator, device)
-        output = self.model_output(
-            x_t,
-            timesteps,
-            audio,
-            identity,
-            drop_audio,
-            drop_identity,
-            motion,
-            prefix_mask,
+        condition = MotionCondition(
+            audio=audio,
+            identity=identity,
+            drop_audio=drop_audio,
+            drop_identity=drop_identity,
+            prefix=motion,
+            prefix_mask=prefix_mask,
             **self.emotion_inputs(batch, generator, training),
         )
+        output = self.model_output(x_t, timesteps, condition)
         error = (output.float() - training_target(self.noise_scheduler, motion, noise, timesteps)).square()
         weight = (~prefix_mask)[..., None].to(error)
         frames = weight.sum().clamp(min=1)
@@ -382,18 +359,14 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
             self.noise_scheduler, options.sampler, options.steps, options.timestep_spacing
         )
 
+        condition = MotionCondition(identity=identity, emotion=emotion, level=level)
+
         def denoise_window(x, t, prefix, mask, start):
+            window_condition = condition.replace(
+                audio=features[:, start : start + window], prefix=prefix, prefix_mask=mask
+            )
             return self.guided_output(
-                x,
-                t,
-                features[:, start : start + window],
-                identity,
-                prefix,
-                mask,
-                emotion,
-                level,
-                options.audio_guidance,
-                options.emotion_guidance,
+                x, t, window_condition, options.audio_guidance, options.emotion_guidance
             )
 
         return sample_long(

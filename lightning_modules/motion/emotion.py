@@ -11,12 +11,13 @@ from torch import nn
 
 from lightning_modules.common.checkpoints import load_networks
 from lightning_modules.motion.dit import MotionDiffusionModule
+from lightning_modules.networks.motion_dit import MotionCondition
 
 log = logging.getLogger(__name__)
 
 
 class EmotionControlModule(MotionDiffusionModule):
-    """Stage 2: an `EmotionController` over a frozen, pretrained `MotionDiT` (module docstring)."""
+    """The emotion stage: an `EmotionController` over a frozen, pretrained `MotionDiT` (module docstring)."""
 
     has_emotion = True
 
@@ -35,7 +36,7 @@ class EmotionControlModule(MotionDiffusionModule):
         self._warned_unlabelled = False
 
     def setup(self, stage: str) -> None:
-        """The stage-1 DiT and its statistics first (a resumed emotion run then restores its own copy)."""
+        """The pretrained DiT and its statistics first (a resumed emotion run then restores its own copy)."""
         if self.init_checkpoint:
             load_networks(
                 self,
@@ -86,39 +87,21 @@ class EmotionControlModule(MotionDiffusionModule):
         return {"emotion": emotion, "level": level}
 
     def model_output(
-        self,
-        x_t: torch.Tensor,
-        timesteps: torch.Tensor,
-        audio: torch.Tensor | None,
-        identity: torch.Tensor | None,
-        drop_audio: torch.Tensor | None = None,
-        drop_identity: torch.Tensor | None = None,
-        prefix: torch.Tensor | None = None,
-        prefix_mask: torch.Tensor | None = None,
-        emotion: torch.Tensor | None = None,
-        level: torch.Tensor | None = None,
+        self, x_t: torch.Tensor, timesteps: torch.Tensor, condition: MotionCondition
     ) -> torch.Tensor:
-        """The frozen DiT with the controller's residual on its audio tokens (none without audio: the
-        unconditional model is the DiT's own)."""
-        residual = condition = None
-        if audio is not None:
+        """The frozen DiT with the controller's residuals (from `condition.emotion` / `level`) on its audio
+        tokens and adaLN condition (none without audio: the unconditional model is the DiT's own)."""
+        residual = adaln_residual = None
+        drop_audio = condition.drop_audio
+        if condition.audio is not None:
             with torch.no_grad():
-                tokens = self.net.audio_tokens(audio)
-            residual, condition = self.controller(tokens, emotion, level)
+                tokens = self.net.audio_tokens(condition.audio)
+            residual, adaln_residual = self.controller(tokens, condition.emotion, condition.level)
             if drop_audio is not None:  # the unconditional samples get the DiT's own output
-                condition = torch.where(drop_audio[:, None], torch.zeros_like(condition), condition)
-        return self.net(
-            x_t,
-            timesteps,
-            audio,
-            identity,
-            drop_audio,
-            drop_identity,
-            prefix,
-            prefix_mask,
-            audio_residual=residual,
-            condition_residual=condition,
-        )
+                adaln_residual = torch.where(
+                    drop_audio[:, None], torch.zeros_like(adaln_residual), adaln_residual
+                )
+        return self.net(x_t, timesteps, condition, audio_residual=residual, condition_residual=adaln_residual)
 
     def extra_losses(self, batch: dict[str, Any], batch_idx: int, split: str) -> dict[str, torch.Tensor]:
         """The same loss (same noise and timesteps) with the null emotion."""

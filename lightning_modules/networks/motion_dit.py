@@ -12,8 +12,10 @@ output (noise or velocity) from the noised sequence, conditioned on
   "motion frames" of long-form talking-head generators; trained on a random prefix of each window).
 
 Audio and identity each have a learned null embedding that replaces them where a sample drops the
-condition (classifier-free guidance, Ho & Salimans 2022). `audio_residual` is where the emotion
-controller (`networks/emotion_control.py`) adds its output to the audio conditioning of a frozen DiT.
+condition (classifier-free guidance, Ho & Salimans 2022). A `MotionCondition` carries the conditions of
+one denoising call (and the emotion label and level that only the emotion stage reads). `audio_residual`
+is where the emotion controller (`networks/emotion_control.py`) adds its output to the audio
+conditioning of a frozen DiT.
 
 Audio features come from `audio_encoder`: `mfcc` / `mel` (the batch's per-frame MFCC or mel windows
 through a small 1D conv encoder, offline) or `wav2vec2` (Baevski et al. 2020, as Playmate:
@@ -23,6 +25,7 @@ interpolated to the 25 fps frames).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,13 +229,42 @@ class DiTBlock(nn.Module):
         return h + gate_m * self.mlp(modulate(self.norm2(h), shift_m, scale_m))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: no element-wise `==` on tensor fields
+class MotionCondition:
+    """What one denoising call is conditioned on; None is the null (dropped) condition.
+
+    audio (B, T, F): audio features (`MotionDiT.encode_audio`'s output); identity (B, 80): the clip's `id`
+    coefficients; drop_audio / drop_identity (B,) bool: samples whose audio / identity is replaced by the
+    null embedding; prefix (B, T, D): clean frames where prefix_mask (B, T) bool is true; emotion (B,):
+    EMOTIONS labels, -1 the null emotion, and level (B,) its intensity (0 with the null emotion): read by
+    the emotion stage only."""
+
+    audio: torch.Tensor | None = None
+    identity: torch.Tensor | None = None
+    drop_audio: torch.Tensor | None = None
+    drop_identity: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None
+    prefix_mask: torch.Tensor | None = None
+    emotion: torch.Tensor | None = None
+    level: torch.Tensor | None = None
+
+    def replace(self, **changes: torch.Tensor | None) -> MotionCondition:
+        """A copy with the given fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def repeated(self, copies: int) -> MotionCondition:
+        """Every tensor field concatenated `copies` times along the batch (a batch of `copies` terms)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return MotionCondition(**{k: v if v is None else torch.cat([v] * copies) for k, v in values.items()})
+
+
 class MotionDiT(nn.Module):
     """Noised motion (B, T, motion_dim) + timestep + conditions -> the diffusion model's output (B, T,
     motion_dim) (noise or velocity, as the training module chose). See the module docstring.
 
-    `forward(motion, timesteps, audio, identity, ...)` takes audio *features* (`encode_audio`'s output,
-    computed once per sequence, not per denoising step). `audio_input` names the batch key the encoder
-    reads (`mfcc`, `mel` or `audio`)."""
+    `forward(motion, timesteps, condition)` takes audio *features* in its `MotionCondition`
+    (`encode_audio`'s output, computed once per sequence, not per denoising step). `audio_input` names
+    the batch key the encoder reads (`mfcc`, `mel` or `audio`)."""
 
     def __init__(
         self,
@@ -305,23 +337,20 @@ class MotionDiT(nn.Module):
         self,
         motion: torch.Tensor,
         timesteps: torch.Tensor,
-        audio: torch.Tensor | None,
-        identity: torch.Tensor | None,
-        drop_audio: torch.Tensor | None = None,
-        drop_identity: torch.Tensor | None = None,
-        prefix: torch.Tensor | None = None,
-        prefix_mask: torch.Tensor | None = None,
+        condition: MotionCondition,
         audio_residual: torch.Tensor | None = None,
         condition_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """motion (B, T, D) noised; timesteps (B,) or scalar; audio (B, T, F) features or None (dropped);
-        identity (B, 80) or None (dropped); drop_audio / drop_identity (B,) bool: samples whose condition
-        is replaced by its null embedding; prefix (B, T, D) clean frames where prefix_mask (B, T) is
-        true; audio_residual (B, T, d): added to the audio tokens of the samples that keep their audio;
-        condition_residual (B, d): added to the adaLN condition (timestep + identity)."""
+        """motion (B, T, D) noised; timesteps (B,) or scalar; condition: audio, identity, their drop
+        masks and the prefix (its emotion is not read here); audio_residual (B, T, d): added to the audio
+        tokens of the samples that keep their audio; condition_residual (B, d): added to the adaLN
+        condition (timestep + identity)."""
         batch, length, _ = motion.shape
         device = motion.device
         timesteps = torch.as_tensor(timesteps, device=device).reshape(-1).expand(batch)
+        audio, identity = condition.audio, condition.identity
+        drop_audio, drop_identity = condition.drop_audio, condition.drop_identity
+        prefix, prefix_mask = condition.prefix, condition.prefix_mask
         if prefix is None or prefix_mask is None:
             prefix_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
             prefix = torch.zeros_like(motion)
@@ -340,7 +369,7 @@ class MotionDiT(nn.Module):
                 audio_tokens = torch.where(drop_audio[:, None, None], null_audio, audio_tokens)
         h = tokens + audio_tokens
 
-        condition = self.timestep_embedding(self.timestep_features(timesteps).to(tokens.dtype))
+        adaln = self.timestep_embedding(self.timestep_features(timesteps).to(tokens.dtype))
         null_identity = self.null_identity.expand(batch, -1)
         if identity is None:
             identity_embedding = null_identity
@@ -348,13 +377,13 @@ class MotionDiT(nn.Module):
             identity_embedding = self.identity_embedding(identity.to(tokens.dtype))
             if drop_identity is not None:
                 identity_embedding = torch.where(drop_identity[:, None], null_identity, identity_embedding)
-        condition = condition + identity_embedding
+        adaln = adaln + identity_embedding
         if condition_residual is not None:
-            condition = condition + condition_residual
+            adaln = adaln + condition_residual
 
         # Cross-attention keys carry the frame positions too, so that attention can align in time.
         audio_context = audio_tokens + positions
         for block in self.blocks:
-            h = block(h, condition, audio_context)
-        shift, scale = self.final_modulation(condition)[:, None].chunk(2, dim=-1)
+            h = block(h, adaln, audio_context)
+        shift, scale = self.final_modulation(adaln)[:, None].chunk(2, dim=-1)
         return self.output(modulate(self.final_norm(h), shift, scale))
