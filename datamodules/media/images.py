@@ -17,6 +17,7 @@ def to_float_images(frames: np.ndarray | Tensor, device: torch.device | str | No
 
 
 def to_uint8_images(images: Tensor) -> np.ndarray:
-    """float (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3) on the CPU (clamped, rounded)."""
+    """float (..., 3, H, W) in [0, 1] -> uint8 (..., H, W, 3) on the CPU (clamped, rounded), C-contiguous
+    (what OpenCV, dlib and the video encoder read)."""
     pixels = images.detach().float().clamp(0, 1).movedim(-3, -1).cpu().numpy()
-    return (pixels * 255).round().astype(np.uint8)
+    return np.ascontiguousarray((pixels * 255).round().astype(np.uint8))
