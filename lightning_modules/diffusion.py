@@ -24,7 +24,8 @@ Plain functions over tensors and a denoiser callable: nothing here knows Lightni
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -33,6 +34,32 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 # The one default (the DiT's `diffusion.prediction_type` and conf/model/motion_diffusion.yaml follow it):
 # v-prediction keeps the target's scale the same at every noise level (Salimans & Ho 2022).
 DEFAULT_PREDICTION_TYPE = "v_prediction"
+
+
+def sample_seed(seed: int, clip_id: str, start: int) -> int:
+    """A seed of one evaluation sample: its clip and window start, and the evaluation's seed."""
+    digest = hashlib.sha1(f"{seed}:{clip_id}:{int(start)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class SampleRandom:
+    """Random numbers drawn sample by sample, each from its own generator (`sample_seed`): what a sample
+    draws does not depend on the batch it is in, the rank that scores it or the number of ranks, so an
+    evaluation's value is the same under any batching and any DDP world size. Shapes exclude the batch."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        return torch.stack([torch.rand(shape, generator=g) for g in self.generators])
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.stack([torch.randn(shape, generator=g) for g in self.generators])
+
+    def randint(self, high: int) -> torch.Tensor:
+        return torch.stack([torch.randint(0, high, (), generator=g) for g in self.generators])
+
+
 SAMPLERS = ("ddpm", "ddim")
 
 # (x_t (B, W, D), timestep (scalar tensor), prefix (B, W, D), prefix_mask (B, W) bool) -> model output.

@@ -203,7 +203,9 @@ class SyncNetModule(L.LightningModule):
         scores = torch.cat([positive.flatten(), negative.flatten()])
         labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(scores.device)
         auc.update(scores, labels.long())
-        log = partial(self.log, on_epoch=True, batch_size=batch_size)
+        # Per-clip means of equally long windows, weighted by the batch's size and summed over ranks: exact
+        # under DDP (`auc` is a torchmetrics state and reduces itself).
+        log = partial(self.log, on_epoch=True, sync_dist=True, batch_size=batch_size)
         log(f"{split}/loss", loss, prog_bar=True)
         log(f"{split}/acc", accuracy)
         log(f"{split}/separation", positive.mean() - negative.mean())

@@ -159,7 +159,15 @@ class Wav2LipTeacherModule(L.LightningModule):
         gaps = torch.full((batch_size,), max_gap, device=self.device)
         losses, _ = self._losses(batch, gaps)
         for name, value in losses.items():
-            self.log(f"{split}/{name}", value, on_epoch=True, prog_bar=name == "loss", batch_size=batch_size)
+            # Weighted by the batch's size and summed over ranks: exact under DDP.
+            self.log(
+                f"{split}/{name}",
+                value,
+                on_epoch=True,
+                sync_dist=True,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+            )
         return losses, batch_size
 
     def on_validation_epoch_end(self) -> None:

@@ -193,7 +193,7 @@ def tiny_motion(corpus_args, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("motion")
     common = [f"paths.log_dir={root}", *SHORT, *corpus_args, *TINY_MOTION]
-    common.append("model.validation.sample_batches=0")
+    common.append("model.validation.sample_windows=none")
     run_task(compose_config(["experiment=demo_motion_diffusion", *common], root / "dit"))
     dit = root / "dit" / "checkpoints" / "last.ckpt"
     emotion = [

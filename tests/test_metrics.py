@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from datamodules.media.audio import synthesize_speech
+from datamodules.media.audio import mel_windows, melspectrogram, synthesize_speech
 from datamodules.media.detect import FAN_FILE, DlibDetector
 from lightning_modules.metrics.expression import (
     AverageExpressionDistance,
@@ -32,7 +32,7 @@ from lightning_modules.metrics.sync import (
     syncnet_mfcc,
     syncnet_python_crop,
 )
-from lightning_modules.networks.syncnet import SyncNet
+from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet
 from lightning_modules.networks.syncnet_v2 import SYNCNET_V2_URL, SyncNetV2, load_syncnet_v2
 from tests.real_footage import FACE_BOXES, portrait
 
@@ -408,8 +408,104 @@ def talking_clip() -> tuple[np.ndarray, np.ndarray]:
     return syncnet_python_crop(frames, boxes), synthesize_speech(12 / 25, seed=5)
 
 
+class PlantedOffset:
+    """Embeddings with a known audio offset: video window u -> row u, audio window v -> row v + shift, so the
+    audio of window v is the video of window v + shift (the sound `shift` frames early: syncnet_python's
+    AV offset +shift). The video windows with no audio partner at that offset are zero rows, which the
+    zero padding matches: at the planted offset every distance is 0 (up to pairwise_distance's eps)."""
+
+    def __init__(self, count: int, shift: int, dim: int = 16, seed: int = 0) -> None:
+        self.count, self.shift, self.margin = count, shift, abs(shift)
+        self.rows = torch.randn(count + 2 * self.margin, dim, generator=torch.Generator().manual_seed(seed))
+        for u in range(count):
+            if not 0 <= u - shift < count:
+                self.rows[u + self.margin] = 0.0
+        self.video_seen: list[int] = []
+        self.audio_seen: list[int] = []
+
+    def video(self, windows: list[int]) -> torch.Tensor:
+        assert all(0 <= u < self.count for u in windows), f"video windows outside the clip's: {windows}"
+        self.video_seen += windows
+        return self.rows[[u + self.margin for u in windows]]
+
+    def audio(self, windows: list[int]) -> torch.Tensor:
+        assert all(0 <= v < self.count for v in windows), f"audio windows outside the clip's: {windows}"
+        self.audio_seen += windows
+        return self.rows[[v + self.shift + self.margin for v in windows]]
+
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(video, audio) (count, dim) of the clip's windows, as the offset search should receive them."""
+        return self.video(list(range(self.count))), self.audio(list(range(self.count)))
+
+
+def frame_coded_clip(num_frames: int, size: int = 224) -> np.ndarray:
+    """(T, size, size, 3) uint8 RGB frames whose blue channel codes the frame index (3 + 5 t); red 0."""
+    frames = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    frames[..., 1] = 128
+    frames[..., 2] = (3 + 5 * np.arange(num_frames))[:, None, None]
+    return frames
+
+
+def first_frame(blue: torch.Tensor) -> int:
+    """The index of the first frame of a window from its frames' blue values (5,) in 0..255, checked to
+    be 5 consecutive frames."""
+    index = (blue.double() - 3) / 5
+    first = int(torch.round(index[0]))
+    expected = first + torch.arange(SYNC_FRAMES, dtype=torch.float64)
+    assert torch.allclose(index, expected, atol=0.05), f"not frames {first}..{first + 4} in order: {index}"
+    return first
+
+
+def find_windows(windows: torch.Tensor, batch: torch.Tensor) -> list[int]:
+    """For each of `batch` (N, ...), the index of the one row of `windows` (M, ...) equal to it."""
+    equal = (batch.flatten(1)[:, None] - windows.flatten(1)[None]).abs().amax(dim=2) <= 1e-6  # (N, M)
+    matches = equal.sum(dim=1)
+    assert (matches == 1).all(), f"audio windows matching 0 or several reference windows: {matches.tolist()}"
+    return equal.double().argmax(dim=1).tolist()
+
+
+class PlantedSyncNetV2(SyncNetV2):
+    """SyncNet v2 with `PlantedOffset` embeddings: the video window read from the frames' codes (channel 0
+    of syncnet_python's BGR input), the audio window from where its 20 MFCC columns lie in the clip's
+    `syncnet_mfcc` (window v must start at column 4 v)."""
+
+    def __init__(self, planted: PlantedOffset, wave: np.ndarray) -> None:
+        super().__init__(embedding_size=planted.rows.shape[1])
+        self.planted = planted
+        self.columns = torch.from_numpy(syncnet_mfcc(wave)).float().unfold(1, 20, 1).transpose(0, 1)
+
+    def forward_lip(self, faces: torch.Tensor) -> torch.Tensor:
+        assert faces.shape[1:] == (3, SYNC_FRAMES, 224, 224)
+        return self.planted.video([first_frame(face[0, :, 112, 112]) for face in faces])
+
+    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        assert mfcc.shape[1:] == (1, 13, 20)
+        columns = find_windows(self.columns, mfcc[:, 0])
+        assert all(c % 4 == 0 for c in columns), f"MFCC windows not at 4 columns a frame: {columns}"
+        return self.planted.audio([c // 4 for c in columns])
+
+
+class PlantedSyncNet(SyncNet):
+    """The suite's SyncNet with `PlantedOffset` embeddings: the video window read from the frames' codes in
+    `face_window`'s BGR stack, the audio window from which frame's 80 x 16 mel window it is."""
+
+    def __init__(self, planted: PlantedOffset, wave: np.ndarray, num_frames: int) -> None:
+        super().__init__(width=0.25)
+        self.planted = planted
+        self.mel = torch.from_numpy(mel_windows(melspectrogram(wave), np.arange(num_frames)))
+
+    def forward(self, mel: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert faces.shape[1:] == (3 * SYNC_FRAMES, 48, 96)
+        frames = [first_frame(face[0::3, 24, 48] * 255) for face in faces]
+        windows = find_windows(self.mel, mel.reshape(-1, 80, 16))
+        return self.planted.audio(windows), self.planted.video(frames)
+
+
 @SHORT_TRACK
 def test_lse_measures_run_end_to_end_with_both_networks(talking_clip) -> None:
+    """Random networks run the protocol end to end; networks with a planted audio offset get it found, at
+    distance 0, the windows each paired with their own audio, and exactly `lse_from_embeddings`' numbers
+    on those embeddings."""
     frames, wave = talking_clip
     torch.manual_seed(0)
     for network in (SyncNetV2(), SyncNet(width=0.25)):
@@ -423,6 +519,34 @@ def test_lse_measures_run_end_to_end_with_both_networks(talking_clip) -> None:
         lse_measures(frames[:, :96, :96], wave, SyncNetV2())
     with pytest.raises(ValueError, match="at least 6 frames"):
         lse_measures(frames[:5], wave, SyncNetV2())
+
+    num_frames = 40
+    coded = frame_coded_clip(num_frames)
+    # Speech with a faint noise floor: no two audio windows alike, also in the pauses.
+    noise = np.random.default_rng(0).standard_normal(640 * num_frames) * 0.01
+    speech = np.clip(synthesize_speech(num_frames / 25, seed=5) + noise, -1, 1).astype(np.float32)
+    count = lse_window_count(num_frames, len(speech))
+    assert count == 35
+    for shift in (3, -2):
+        for make in (
+            lambda planted: PlantedSyncNetV2(planted, speech),
+            lambda planted: PlantedSyncNet(planted, speech, num_frames),
+        ):
+            planted = PlantedOffset(count, shift)
+            network = make(planted)
+            result = lse_measures(coded, speech, network, batch_size=8)
+            name = type(network).__name__
+            assert sorted(planted.video_seen) == list(range(count)), (name, planted.video_seen)
+            assert sorted(planted.audio_seen) == list(range(count)), (name, planted.audio_seen)
+            expected = lse_from_embeddings(*planted.embeddings())
+            assert torch.equal(result["mean_distances"], expected["mean_distances"]), name
+            assert int(result["offset"]) == int(expected["offset"]) == shift, (name, int(result["offset"]))
+            assert result["distance"].item() == pytest.approx(0.0, abs=1e-4), name
+            mean = result["mean_distances"]
+            assert result["distance"].item() == mean.min().item()
+            assert result["confidence"].item() == pytest.approx((torch.median(mean) - mean.min()).item())
+            assert result["confidence"].item() > 1.0, (name, result["confidence"].item())
+            assert network.training  # left as it was found
 
 
 @SHORT_TRACK

@@ -15,6 +15,7 @@ from torch import nn
 
 import face3d
 from lightning_modules.diffusion import (
+    combine_guidance,
     noise_scheduler,
     padded_length,
     sample,
@@ -282,6 +283,17 @@ def test_guidance_with_zero_weights_is_the_unconditional_model(face_model) -> No
         module.guided_output(x_t, t, MotionCondition(audio, identity), audio_weight=3.0),
         unconditional + 3.0 * (conditional - unconditional),
     )
+    # w_a = 0 returns early without combining: a vanishing w_a goes through the arithmetic and must land
+    # within w_a of the unconditional output.
+    weight = 1e-6
+    barely = module.guided_output(
+        x_t, t, MotionCondition(audio, identity), audio_weight=weight, emotion_weight=0.0
+    )
+    torch.testing.assert_close(barely, unconditional + weight * (conditional - unconditional))
+    rounding = 4 * torch.finfo(torch.float32).eps * unconditional.abs().max()
+    tolerance = 2 * weight * (conditional - unconditional).abs().max() + rounding
+    assert (barely - unconditional).abs().max() <= tolerance, (barely - unconditional).abs().max()
+    assert (conditional - unconditional).abs().max() > 1e3 * tolerance, "the check cannot tell w_a = 1 from 0"
     other = window_batch(2, 30, seed=5)["mfcc"]
     samples = [
         module.generate(mfcc, identity, 30, generator=torch.Generator().manual_seed(3), audio_guidance=0.0)
@@ -313,6 +325,37 @@ def test_guidance_with_zero_weights_is_the_unconditional_model(face_model) -> No
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+def test_combine_guidance_follows_its_formula() -> None:
+    """out = u + w_a (a - u) + w_e (e - a) (`combine_guidance`'s docstring), on known outputs: u at (0, 0),
+    a at (1, 0), e at (1, 1), and the formula at other weights, negative and fractional ones too."""
+    u = torch.tensor([[1.0, -2.0, 0.5], [4.0, 0.0, -1.0]])
+    a = torch.tensor([[3.0, 2.0, 0.5], [-4.0, 1.0, 2.0]])
+    e = torch.tensor([[0.0, 6.0, -1.5], [-2.0, -3.0, 2.0]])
+    assert torch.equal(combine_guidance(u, a, e, 0.0, 0.0), u)
+    assert torch.equal(combine_guidance(u, None, None, 0.0, 0.0), u)  # a term of weight 0 may be absent
+    torch.testing.assert_close(combine_guidance(u, a, e, 1.0, 0.0), a)
+    torch.testing.assert_close(combine_guidance(u, a, None, 1.0, 0.0), a)
+    torch.testing.assert_close(combine_guidance(u, a, e, 1.0, 1.0), e)
+    # By hand: (2, 0.5) -> u + 2 (a - u) + 0.5 (e - a) = 2 a - u + 0.5 (e - a).
+    torch.testing.assert_close(
+        combine_guidance(u, a, e, 2.0, 0.5),
+        torch.tensor([[3.5, 8.0, -0.5], [-11.0, 0.0, 5.0]]),
+    )
+    for audio_weight, emotion_weight in [(0.0, 1.0), (0.5, 0.0), (3.0, 2.0), (1.0, -1.0), (-0.5, 4.0)]:
+        torch.testing.assert_close(
+            combine_guidance(u, a, e, audio_weight, emotion_weight),
+            u + audio_weight * (a - u) + emotion_weight * (e - a),
+            msg=lambda m, w=(audio_weight, emotion_weight): f"weights {w}: {m}",
+        )
+    gen = torch.Generator().manual_seed(0)
+    u, a, e = (torch.randn(2, 12, MOTION_DIM, generator=gen) for _ in range(3))
+    for audio_weight, emotion_weight in [(0.0, 0.0), (1.0, 0.0), (2.5, 1.5), (1e-6, 0.0)]:
+        torch.testing.assert_close(
+            combine_guidance(u, a, e, audio_weight, emotion_weight),
+            u + audio_weight * (a - u) + emotion_weight * (e - a),
+        )
 
 
 def test_predict_step_generates_whole_clips(face_model) -> None:

@@ -4,6 +4,7 @@ of Table 7, and the stage chain (each stage starts from the previous one's check
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,32 @@ def test_demo_recipes_beat_both_baselines_on_unseen_speakers(default_corpus, tmp
             for baseline in ("render_baseline", "warp_baseline"):
                 assert metrics[f"val/{score}"] > metrics[f"val/{score}_{baseline}"], (stage, score, baseline)
         previous = run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_missing_weights_stop_the_recipe_before_training_unless_allowed(corpus_args, tmp_path) -> None:
+    """A renderer recipe whose perceptual, style and correspondence terms and LPIPS need files missing from
+    paths.weights_dir stops before any step, naming every file; allow_missing_weights=true (the demo
+    recipes' setting) goes on without them, and the run's metrics.json lists what was off."""
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.tasks.dispatch import run_task
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    common = [
+        "experiment=demo_stage2",
+        *corpus_args,
+        f"paths.log_dir={tmp_path}",
+        f"paths.weights_dir={weights}",
+    ]
+    common += [*SHORT, "model.losses.correspondence=0.1"]
+    with pytest.raises(FileNotFoundError) as stopped:
+        run_task(compose_config([*common, "allow_missing_weights=false"], tmp_path / "strict"))
+    for name in ("vgg19-dcbb9e9d.pth", "raft_small_C_T_V2-01064c6d.pth", "alexnet-owt-7be5be79.pth"):
+        assert str(weights / name) in str(stopped.value), name
+    assert "allow_missing_weights=true" in str(stopped.value)
+    assert not (tmp_path / "strict" / "checkpoints").exists()  # stopped before training
+
+    run_task(compose_config(common, tmp_path / "allowed"))
+    record = json.loads((tmp_path / "allowed" / "metrics.json").read_text())
+    assert sorted(record["switched_off"]) == ["correspondence", "lpips", "perceptual", "style"]
+    assert record["global_step"] > 0

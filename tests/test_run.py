@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import av
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -52,15 +53,82 @@ def read_ledger(run_dir: Path, prefix: str = "") -> dict[int, list[dict]]:
     return ledger
 
 
+def read_run_metrics(run_dir: Path) -> dict:
+    """The run's metrics.json (`write_metrics`), its values checked finite."""
+    record = json.loads((run_dir / "metrics.json").read_text())
+    metrics = record["metrics"]
+    assert metrics, f"{run_dir / 'metrics.json'} holds no metrics"
+    not_finite = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    assert not not_finite, f"logged values that are not finite: {not_finite}"
+    return record
+
+
+@pytest.fixture
+def fitted_modules(monkeypatch) -> list[tuple[L.LightningModule, dict[str, torch.Tensor]]]:
+    """(module, its parameters as they were when `Trainer.fit` got it) of every fit in the test."""
+    fitted = []
+    fit = L.Trainer.fit
+
+    def recording_fit(trainer: L.Trainer, model: L.LightningModule, *args, **kwargs):
+        fitted.append((model, {name: p.detach().clone() for name, p in model.named_parameters()}))
+        return fit(trainer, model, *args, **kwargs)
+
+    monkeypatch.setattr(L.Trainer, "fit", recording_fit)
+    return fitted
+
+
+# What each stage validates (lightning_modules/audio_to_expression.py, syncnet.py, wav2lip_teacher.py).
+STAGE_VALIDATION_METRICS = {
+    "stage1": {"val/loss", "val/loss_exp", "val/loss_shape", "val/aed", "val/lmd", "val/lmd_mouth"},
+    "syncnet": {"val/loss", "val/acc", "val/separation", "val/auc", "val/sync_conf", "val/sync_offset"},
+    "teacher": {"val/loss", "val/l1", "val/sync"},
+}
+
+
 @pytest.mark.parametrize("stage", ["stage1", "syncnet", "teacher"])
-def test_fast_dev_run_of_every_stage(stage: str, corpus_args, random_syncnet_expert, tmp_path) -> None:
+def test_fast_dev_run_of_every_stage(
+    stage: str, corpus_args, random_syncnet_expert, fitted_modules, tmp_path
+) -> None:
+    """One training step and one validation batch: metrics.json holds the stage's finite training loss and
+    validation metrics, the value returned is the optimised val/loss, and the step moved the parameters
+    the optimiser holds (and none it does not)."""
     cfg = compose_config(
         [f"experiment={stage}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
         + corpus_args
         + stage_overrides(stage, random_syncnet_expert),
         tmp_path / "run",
     )
-    run_task(cfg)  # raises on any failure
+    value = run_task(cfg)  # raises on any failure
+
+    record = read_run_metrics(tmp_path / "run")
+    metrics = record["metrics"]
+    assert record["task"] == "train" and record["experiment_name"] == stage
+    assert record["global_step"] == 1, "fast_dev_run takes exactly one training step"
+    assert "train/loss" in metrics, sorted(metrics)
+    assert metrics["train/loss"] > 0
+    missing = STAGE_VALIDATION_METRICS[stage] - set(metrics)
+    assert not missing, f"validation metrics not logged: {sorted(missing)} (have {sorted(metrics)})"
+    assert cfg.optimized_metric == "val/loss"
+    assert value is not None and value == pytest.approx(metrics["val/loss"], rel=1e-6)
+
+    assert len(fitted_modules) == 1
+    model, initial = fitted_modules[0]
+    optimised = {
+        id(p) for optimizer in model.trainer.optimizers for g in optimizer.param_groups for p in g["params"]
+    }
+    assert optimised, "the stage has no optimiser parameters"
+    moved, still, frozen_moved = [], [], []
+    for name, parameter in model.named_parameters():
+        if name not in initial:  # built in setup() (the teacher's expert): not there when fit began
+            continue
+        changed = not torch.equal(parameter.detach(), initial[name])
+        if id(parameter) in optimised:
+            (moved if changed else still).append(name)
+        elif changed:
+            frozen_moved.append(name)
+    assert moved, f"the training step changed none of the optimised parameters ({len(still)})"
+    assert len(moved) >= len(still), f"most optimised parameters did not move: {still}"
+    assert not frozen_moved, f"parameters outside the optimiser changed: {frozen_moved}"
 
 
 def test_bf16_mixed_on_cpu(corpus_args, tmp_path) -> None:
@@ -313,4 +381,14 @@ def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
         overrides.append("model.init_checkpoint=null")
     if experiment == "teacher":
         overrides.append(f"model.syncnet_checkpoint={random_syncnet_expert}")
-    run_task(compose_config(overrides, tmp_path / "run"))
+    cfg = compose_config(overrides, tmp_path / "run")
+    value = run_task(cfg)
+
+    record = read_run_metrics(tmp_path / "run")  # every logged value finite
+    metrics = record["metrics"]
+    assert record["task"] == "train" and record["global_step"] == 1
+    # Every experiment's LightningModule logs its training objective as train/loss.
+    assert "train/loss" in metrics, f"{experiment}: no train/loss in {sorted(metrics)}"
+    assert any(key.startswith("val/") for key in metrics), f"{experiment}: no validation metric logged"
+    if value is not None:  # the optimised metric, when this fast_dev_run logs it
+        assert value == pytest.approx(metrics[cfg.optimized_metric], rel=1e-6)

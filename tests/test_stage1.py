@@ -354,3 +354,29 @@ def test_demo_training_learns_from_espeak_speech_too(tmp_path: Path) -> None:
     )
     assert aed_ratio < 0.9
     assert lmd_ratio < 0.9
+
+
+def test_table_3_scores_a_stage_1_that_reads_semantic_images_with_the_teachers_frames(
+    corpus_args, tmp_path
+) -> None:
+    """The full stage 1 (cross-modal attention over the teacher's semantic images) gets its Table 3 row
+    from `task=eval`, reading the teacher's frames the test shards hold; a clip without teacher frames
+    stops with the reason."""
+    from lightning_modules.common.config import compose_config
+    from lightning_modules.evaluation.dubbing import evaluate_a2e, semantic_images
+    from lightning_modules.tasks.dispatch import run_task
+    from tests.helpers import SHORT, TINY_STAGE1
+
+    run_task(compose_config(["experiment=stage1", *corpus_args, *SHORT, *TINY_STAGE1], tmp_path / "full"))
+    checkpoint = tmp_path / "full" / "checkpoints" / "last.ckpt"
+    cfg = compose_config(
+        [*corpus_args, "task=eval", f"paths.log_dir={tmp_path}", f"+eval.a2e_checkpoints.full={checkpoint}"]
+        + ["~eval.a2e_checkpoints.demo"],
+        tmp_path / "eval",
+    )
+    full, baseline = evaluate_a2e(cfg)
+    assert full["model"] == "full" and math.isfinite(full["AED"]) and full["AED"] > 0
+    assert math.isfinite(full["LMD"]) and baseline["model"] == "full: mean-expression baseline"
+    bare = {"clip_id": "id00001/clip", "semantic_offsets": np.zeros(1, np.int64), "num_frames": 3}
+    with pytest.raises(ValueError, match="teacher_checkpoint"):
+        semantic_images(bare, 64, str(checkpoint))

@@ -19,7 +19,7 @@ from datamodules.media.files import atomic_write
 log = logging.getLogger(__name__)
 
 
-def _finish_wandb(failed: bool) -> None:
+def finish_wandb(failed: bool) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
@@ -32,14 +32,18 @@ METRICS_FILE = "metrics.json"
 RUN_CONFIG_KEYS = ("model", "data", "face_model")
 
 
-def write_metrics(cfg: DictConfig, metrics: dict[str, Any], global_step: int) -> None:
-    """The run's last logged metrics as `<run dir>/metrics.json` (with the experiment, the overrides and the
-    step): what `python -m lightning_modules.tasks.report` tabulates over a sweep, without a logger."""
+def write_metrics(
+    cfg: DictConfig, metrics: dict[str, Any], global_step: int, switched_off: list[str] | None = None
+) -> None:
+    """The run's last logged metrics as `<run dir>/metrics.json` (with the experiment, the overrides, the
+    step, and the loss terms and metrics a missing weights file switched off): what
+    `python -m lightning_modules.tasks.report` tabulates over a sweep, without a logger."""
     record = {
         "experiment_name": cfg.experiment_name,
         "task": cfg.task,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "global_step": int(global_step),
+        "switched_off": list(switched_off or []),
         "metrics": {
             key: float(value) for key, value in sorted(metrics.items()) if torch.as_tensor(value).numel() == 1
         },
@@ -73,7 +77,7 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint `ckpt_path` names. `last`: the newest checkpoint of this experiment's training run
     (whatever the task; a fresh start when training and there is none). Evaluating tasks need one."""
-    evaluating = cfg.task in ("test", "predict")
+    evaluating = cfg.task in ("test", "validate", "predict")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None:
         if evaluating:

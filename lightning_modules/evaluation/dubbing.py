@@ -41,15 +41,15 @@ from datamodules.datasets import ClipDataset, ViewOptions, mfcc_windows
 from datamodules.media.audio import SAMPLES_PER_FRAME, fit_length, mel_windows
 from datamodules.media.detect import FAN_FILE
 from datamodules.media.images import to_float_images, to_uint8_images
-from datamodules.shards import decode_images
+from datamodules.shards import decode_images, num_images
 from face3d import expression_of
 from lightning_modules.common.checkpoints import load_trained_module
 from lightning_modules.common.config import instantiate_group
-from lightning_modules.common.runs import _finish_wandb
+from lightning_modules.common.runs import finish_wandb
 from lightning_modules.evaluation.tables import _cell, write_table
 from lightning_modules.inference.generators import build_dubber
 from lightning_modules.inference.paste import paste_weights
-from lightning_modules.inference.tracks import DubbedTrack, FaceTrack, Speech
+from lightning_modules.inference.tracks import DubbedTrack, FaceTrack, Speech, resize_images
 from lightning_modules.metrics.expression import (
     MOUTH_LANDMARKS,
     ImageLandmarkDistance,
@@ -255,9 +255,23 @@ def evaluate_models(cfg: DictConfig) -> tuple[list[dict[str, Any]], list[dict[st
     return rows, per_clip, sync.network_name if sync is not None else "none"
 
 
+def semantic_images(clip: dict[str, Any], size: int, checkpoint: str) -> Tensor:
+    """The teacher's frames a test clip's shards hold (preprocessing with `data.preprocess.teacher_checkpoint`
+    stores them for the clip's own speech: what a stage-1 model that reads semantic images is trained on),
+    (1, T, 3, size, size) in [0, 1]."""
+    if num_images(clip["semantic_offsets"]) == 0:
+        raise ValueError(
+            f"{checkpoint} reads the teacher's semantic images, and the test shards hold none for "
+            f"{clip['clip_id']}: preprocess the corpus with data.preprocess.teacher_checkpoint=TEACHER"
+        )
+    frames = decode_images(clip["semantic"], clip["semantic_offsets"], range(clip["num_frames"]))
+    return resize_images(to_float_images(frames), size).clamp(0, 1)[None]
+
+
 @torch.no_grad()
 def evaluate_a2e(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Table 3's rows: each stage-1 checkpoint on every frame of the test clips (whole clips)."""
+    """Table 3's rows: each stage-1 checkpoint on every frame of the test clips (whole clips); a model that
+    reads semantic images reads the teacher's frames stored with the clips."""
 
     rows = []
     shard_dir = Path(cfg.data.shard_dir) / str(cfg.eval.split)
@@ -265,9 +279,7 @@ def evaluate_a2e(cfg: DictConfig) -> list[dict[str, Any]]:
     syncnet = load_syncnet(suite_syncnet) if suite_syncnet and Path(suite_syncnet).is_file() else None
     for name, checkpoint in cfg.eval.a2e_checkpoints.items():
         module, run_cfg = load_trained_module(checkpoint)
-        if getattr(module.net, "use_semantic", False):
-            log.warning("Table 3 row %s reads semantic images: evaluate it with task=test instead", name)
-            continue
+        reads_semantic = getattr(module.net, "use_semantic", False)
         if syncnet is not None:
             module.syncnet, module.sync_camera = (
                 syncnet,
@@ -282,7 +294,10 @@ def evaluate_a2e(cfg: DictConfig) -> list[dict[str, Any]]:
                 mfcc_windows(clip["mfcc"], np.arange(count), int(run_cfg.data.mfcc_window))
             )
             coeffs = torch.from_numpy(clip["coeffs"])[None]
-            prediction = module.net(mfcc[None], None)
+            semantic = (
+                semantic_images(clip, int(run_cfg.data.image_size), checkpoint) if reads_semantic else None
+            )
+            prediction = module.net(mfcc[None], semantic)
             target = expression_of(coeffs)
             predicted_points = module.project_landmarks(coeffs, prediction)
             true_points = module.project_landmarks(coeffs, target)
@@ -316,7 +331,7 @@ def evaluate_a2e(cfg: DictConfig) -> list[dict[str, Any]]:
 def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], list[str]]]) -> None:
     """Each table as a W&B table (and whatever the other configured loggers do with a table)."""
 
-    _finish_wandb(False)  # a run left open in this process (a sweep's last job) must not get these tables
+    finish_wandb(False)  # a run left open in this process (a sweep's last job) must not get these tables
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if hasattr(logger, "log_table"):
@@ -324,7 +339,7 @@ def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], l
                 logger.log_table(
                     key=key, columns=list(keys), data=[[_cell(r.get(k)) for k in keys] for r in rows]
                 )
-    _finish_wandb(False)
+    finish_wandb(False)
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:

@@ -33,8 +33,9 @@ label index, or -1 / 0 when unknown) are the condition; unknown labels and a dro
 frozen DiT without audio.
 
 Validation, per epoch: `val/loss` (the training objective at seeded random timesteps; also `_exp`,
-`_pose`), and on the first `validation.sample_batches` batches a sampled sequence's mouth opening
-(inner-lip gap of the face model's projected landmarks, ground-truth pose) against the ground truth's:
+`_pose`; each sample's noise seeded by its clip and window), and on the first window of every clip
+(`validation.sample_windows`) a sampled sequence's mouth opening (inner-lip gap of the face model's
+projected landmarks, ground-truth pose) against the ground truth's:
 `val/mouth_corr` (Pearson over time, mean over sequences) and, with the same noise and no conditions,
 `val/mouth_corr_audio_free`, the floor an audio-driven model must beat. The emotion stage adds
 `val/loss_null_emotion` (same noise, null emotion): below `val/loss` once the controller uses emotion.
@@ -48,6 +49,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -56,10 +58,12 @@ from lightning_modules.common.checkpoints import LearnedStateOnly
 from lightning_modules.common.optim import optimizer_config
 from lightning_modules.diffusion import (
     DEFAULT_PREDICTION_TYPE,
+    SampleRandom,
     combine_guidance,
     noise_scheduler,
     padded_length,
     sample_long,
+    sample_seed,
     sampling_scheduler,
     training_target,
 )
@@ -72,6 +76,11 @@ from lightning_modules.motion.normalizer import (
     identity_of,
 )
 from lightning_modules.networks.motion_dit import MotionCondition
+
+# A random source of the diffusion loss: a CPU generator for the batch, one per sample, or the global RNG.
+Random = torch.Generator | SampleRandom | None
+# The motion values each loss term averages over.
+LOSS_DIMS = {"loss": MOTION_DIM, "loss_exp": EXPRESSION_DIM, "loss_pose": POSE_DIM}
 
 # iBUG 68 inner lips: upper 61-63 over lower 67-65.
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
@@ -113,7 +122,11 @@ class MotionPrefix:
 
 @dataclass
 class ValidationOptions:
-    sample_batches: int = 1
+    # Windows sampled for val/mouth_corr: `first` (the first window of every clip: a fixed set, the same
+    # under any batching or number of ranks) | `none`.
+    sample_windows: str = "first"
+    # The key of run configs written before `sample_windows`: 0 reads as `none`, otherwise `first`.
+    sample_batches: int | None = None
     steps: int = 20
     audio_free_baseline: bool = True
     seed: int = 0
@@ -156,6 +169,9 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
     # The face model (mouth metric) and a frozen wav2vec2 are configuration, not learned state.
     frozen_prefixes = ("face_model.", "net.audio_encoder.wav2vec2.")
     has_emotion = False
+    # What evaluation logs: the loss terms (`diffusion_errors`) and the mouth correlation of sampled windows.
+    loss_names: tuple[str, ...] = tuple(LOSS_DIMS)
+    sampled_names = ("mouth_corr", "mouth_corr_audio_free")
 
     def __init__(
         self,
@@ -183,6 +199,20 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         self.condition_dropout = _options(ConditionDropout, condition_dropout)
         self.motion_prefix = _options(MotionPrefix, motion_prefix)
         self.validation = _options(ValidationOptions, validation)
+        if self.validation.sample_batches is not None:
+            self.validation.sample_windows = "none" if self.validation.sample_batches == 0 else "first"
+        if self.validation.sample_windows not in ("first", "none"):
+            raise ValueError(
+                f"validation.sample_windows: first | none, got {self.validation.sample_windows!r}"
+            )
+        # Sums and counts over every evaluated sample, reduced over ranks: exact under any DDP world size.
+        self.evaluation_metrics = nn.ModuleDict(
+            {
+                f"{split}_{name}": torchmetrics.MeanMetric()
+                for split in ("val", "test")
+                for name in (*self.loss_names, *self.sampled_names)
+            }
+        )
         self.normalizer = MotionNormalizer(**dict(normalization or {}))
         self.noise_scheduler = noise_scheduler(**asdict(self.diffusion))
         if not self.has_emotion and self.sampling.emotion_guidance != 0:
@@ -264,16 +294,16 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         return {}
 
     @staticmethod
-    def _rand(
-        shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
-    ) -> torch.Tensor:
+    def _rand(shape: tuple[int, ...], generator: Random, device: torch.device) -> torch.Tensor:
+        if isinstance(generator, SampleRandom):
+            return generator.rand(*shape[1:]).to(device)
         return (
             torch.rand(shape, generator=generator).to(device)
             if generator
             else torch.rand(shape, device=device)
         )
 
-    def random_prefix(self, batch: int, length: int, generator: torch.Generator | None, device: torch.device):
+    def random_prefix(self, batch: int, length: int, generator: Random, device: torch.device):
         """(B, T) bool: a clean prefix of 1..max_frames frames on a `probability` share of the windows."""
         mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
         options = self.motion_prefix
@@ -285,9 +315,20 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         return mask & chosen[:, None]
 
     def diffusion_loss(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None, training: bool = True
+        self, batch: dict[str, Any], generator: Random = None, training: bool = True
     ) -> dict[str, torch.Tensor]:
-        """The training objective on one batch; `generator` (CPU) draws every random number (validation)."""
+        """The training objective on one batch: `diffusion_errors` averaged over all its noised frames."""
+        sums, frames = self.diffusion_errors(batch, generator, training)
+        total = frames.sum().clamp(min=1)
+        return {name: value.sum() / (total * LOSS_DIMS[name]) for name, value in sums.items()}
+
+    def diffusion_errors(
+        self, batch: dict[str, Any], generator: Random = None, training: bool = True
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Per sample, the squared error of the training objective summed over its noised (non-prefix)
+        frames and the motion values of each term (`LOSS_DIMS`), (B,) each, and its count of those frames
+        (B,). `generator` draws every random number: a CPU generator for the batch, a `SampleRandom`
+        (evaluation: each sample's draws are its own), or None (training)."""
         coeffs = batch["coeffs"]
         device = coeffs.device
         motion = self.normalizer.encode(coeffs)
@@ -297,6 +338,9 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         if generator is None:
             noise = torch.randn_like(motion)
             timesteps = torch.randint(0, self.diffusion.num_train_timesteps, (size,), device=device)
+        elif isinstance(generator, SampleRandom):
+            noise = generator.randn(*motion.shape[1:]).to(motion)
+            timesteps = generator.randint(self.diffusion.num_train_timesteps).to(device)
         else:
             noise = torch.randn(motion.shape, generator=generator).to(motion)
             timesteps = torch.randint(0, self.diffusion.num_train_timesteps, (size,), generator=generator).to(
@@ -318,13 +362,13 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         )
         output = self.model_output(x_t, timesteps, condition)
         error = (output.float() - training_target(self.noise_scheduler, motion, noise, timesteps)).square()
-        weight = (~prefix_mask)[..., None].to(error)
-        frames = weight.sum().clamp(min=1)
-        return {
-            "loss": (error * weight).sum() / (frames * MOTION_DIM),
-            "loss_exp": (error[..., :EXPRESSION_DIM] * weight).sum() / (frames * EXPRESSION_DIM),
-            "loss_pose": (error[..., EXPRESSION_DIM:] * weight).sum() / (frames * POSE_DIM),
+        error = error * (~prefix_mask)[..., None].to(error)
+        sums = {
+            "loss": error.sum(dim=(1, 2)),
+            "loss_exp": error[..., :EXPRESSION_DIM].sum(dim=(1, 2)),
+            "loss_pose": error[..., EXPRESSION_DIM:].sum(dim=(1, 2)),
         }
+        return sums, (~prefix_mask).sum(dim=1).to(error)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.diffusion_loss(batch)
@@ -411,41 +455,61 @@ class MotionDiffusionModule(LearnedStateOnly, L.LightningModule):
         self.evaluate(batch, batch_idx, "test")
 
     def evaluate(self, batch: dict[str, Any], batch_idx: int, split: str) -> None:
+        """The loss terms of every window and the mouth correlation of the sampled ones, into metrics that
+        sum over samples and ranks; each sample's random draws are seeded by the sample itself."""
         options = self.validation
-        size = batch["coeffs"].shape[0]
-        generator = torch.Generator().manual_seed(options.seed + batch_idx)
-        losses = self.diffusion_loss(batch, generator, training=False)
-        self.log(f"{split}/loss", losses["loss"], prog_bar=True, sync_dist=True, batch_size=size)
-        metrics = {f"{split}/{k}": v for k, v in losses.items() if k != "loss"}
-        metrics.update(self.extra_losses(batch, batch_idx, split))
-        self.log_dict(metrics, sync_dist=True, batch_size=size)
-        if batch_idx >= options.sample_batches:
-            return
-        truth = mouth_opening(self.face_model, self.camera, batch["coeffs"])
+        seeds = [
+            sample_seed(options.seed, clip, start) for clip, start in zip(batch["clip_id"], batch["start"])
+        ]
+        sums, frames = self.diffusion_errors(batch, SampleRandom(seeds), training=False)
+        self.update_losses(split, sums, frames)
+        self.extra_losses(batch, seeds, split)
+        names = list(self.loss_names)
+        if options.sample_windows == "first":
+            for index, start in enumerate(batch["start"]):
+                if int(start) == 0:
+                    self.sample_mouth(batch, index, seeds[index], split)
+            names += [
+                n for n in self.sampled_names if n != "mouth_corr_audio_free" or options.audio_free_baseline
+            ]
+        for name in names:
+            self.log(f"{split}/{name}", self.evaluation_metrics[f"{split}_{name}"], prog_bar=name == "loss")
+
+    def update_losses(
+        self, split: str, sums: dict[str, torch.Tensor], frames: torch.Tensor, suffix: str = ""
+    ) -> None:
+        """Each term's per-sample error sums into its metric, weighted by the values they sum over."""
+        for name, value in sums.items():
+            count = frames * LOSS_DIMS[name]
+            self.evaluation_metrics[f"{split}_{name}{suffix}"].update(value / count.clamp(min=1), count)
+
+    def sample_mouth(self, batch: dict[str, Any], index: int, seed: int, split: str) -> None:
+        """One window sampled on its own (its own seed), its mouth opening correlated with the truth's."""
+        options = self.validation
+        window = {
+            key: value[index : index + 1] if isinstance(value, (torch.Tensor, list)) else value
+            for key, value in batch.items()
+        }
+        truth = mouth_opening(self.face_model, self.camera, window["coeffs"])
         runs = {"mouth_corr": {}}
         if options.audio_free_baseline:
             runs["mouth_corr_audio_free"] = {"audio_guidance": 0.0, "emotion_guidance": 0.0}
         for name, overrides in runs.items():
             generated = self.generate_coeffs(
-                batch,
-                torch.Generator().manual_seed(options.seed + 7919 * (batch_idx + 1)),
-                steps=options.steps,
-                **overrides,
+                window, torch.Generator().manual_seed(seed), steps=options.steps, **overrides
             )
             # The generated expression on the ground-truth pose: the mouth metric sees expression only.
             expression = face3d.expression_of(generated)
             opening = mouth_opening(
-                self.face_model, self.camera, face3d.with_expression(batch["coeffs"], expression)
+                self.face_model, self.camera, face3d.with_expression(window["coeffs"], expression)
             )
             corr = temporal_correlation(opening, truth)
             valid = ~torch.isnan(corr)
-            if valid.any():
-                self.log(
-                    f"{split}/{name}", corr[valid].mean(), sync_dist=True, batch_size=int(valid.sum().item())
-                )
+            if valid.any():  # a still mouth has no correlation: it counts nowhere
+                self.evaluation_metrics[f"{split}_{name}"].update(corr[valid])
 
-    def extra_losses(self, batch: dict[str, Any], batch_idx: int, split: str) -> dict[str, torch.Tensor]:
-        return {}
+    def extra_losses(self, batch: dict[str, Any], seeds: list[int], split: str) -> None:
+        """Further evaluation terms of a subclass (the emotion stage's null-emotion loss)."""
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Whole clips (`task=predict`): generated `expression` (B, T, 64) and `coeffs` (with the generated

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_modules.common.checkpoints import load_networks
+from lightning_modules.diffusion import SampleRandom
 from lightning_modules.motion.dit import MotionDiffusionModule
 from lightning_modules.networks.motion_dit import MotionCondition
 
@@ -20,6 +21,7 @@ class EmotionControlModule(MotionDiffusionModule):
     """The emotion stage: an `EmotionController` over a frozen, pretrained `MotionDiT` (module docstring)."""
 
     has_emotion = True
+    loss_names = (*MotionDiffusionModule.loss_names, "loss_null_emotion")
 
     def __init__(
         self,
@@ -103,10 +105,8 @@ class EmotionControlModule(MotionDiffusionModule):
                 )
         return self.net(x_t, timesteps, condition, audio_residual=residual, condition_residual=adaln_residual)
 
-    def extra_losses(self, batch: dict[str, Any], batch_idx: int, split: str) -> dict[str, torch.Tensor]:
-        """The same loss (same noise and timesteps) with the null emotion."""
-        generator = torch.Generator().manual_seed(self.validation.seed + batch_idx)
+    def extra_losses(self, batch: dict[str, Any], seeds: list[int], split: str) -> None:
+        """The same loss (same noise and timesteps: the same per-sample seeds) with the null emotion."""
         unlabelled = {**batch, "emotion": torch.full_like(batch["coeffs"][:, 0, 0], -1).long()}
-        return {
-            f"{split}/loss_null_emotion": self.diffusion_loss(unlabelled, generator, training=False)["loss"]
-        }
+        sums, frames = self.diffusion_errors(unlabelled, SampleRandom(seeds), training=False)
+        self.update_losses(split, {"loss": sums["loss"]}, frames, suffix="_null_emotion")

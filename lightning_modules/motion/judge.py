@@ -53,6 +53,7 @@ class EmotionClassifierModule(LearnedStateOnly, L.LightningModule):
                 for split in ("val", "test")
                 for name, average in (("acc", "micro"), ("acc_macro", "macro"))
             }
+            | {f"{split}_loss": torchmetrics.MeanMetric() for split in ("val", "test")}
         )
 
     def setup(self, stage: str) -> None:
@@ -96,9 +97,11 @@ class EmotionClassifierModule(LearnedStateOnly, L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
         logits, emotion = self._labelled(batch)
         known = emotion >= 0
-        if known.any():
-            loss = nn.functional.cross_entropy(logits[known], emotion[known])
-            self.log(f"{split}/loss", loss, sync_dist=True, batch_size=int(known.sum()))
+        # Summed over labelled samples and ranks, and logged on every rank (a batch without labels adds
+        # nothing): exact under DDP, and no rank waits for a value another never logs.
+        losses = nn.functional.cross_entropy(logits[known], emotion[known], reduction="none")
+        self.metrics[f"{split}_loss"].update(losses)
+        self.log(f"{split}/loss", self.metrics[f"{split}_loss"])
         for name in ("acc", "acc_macro"):
             metric = self.metrics[f"{split}_{name}"]
             metric.update(logits, emotion)

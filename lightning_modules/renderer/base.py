@@ -73,6 +73,7 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
         gradient_clip: float | None = None,
         correspondence_network: str = "raft_small",
         channels_last: bool = False,
+        allow_missing_weights: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -85,6 +86,11 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
         self.gradient_clip = gradient_clip
         self.channels_last = channels_last
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        # What a missing weights file switched off (a loss term, a metric), with the file's message: the run
+        # stops at `setup` unless `allow_missing_weights`, and then lists them (metrics.json, hparams).
+        self.allow_missing_weights = allow_missing_weights
+        self.missing_weights: list[str] = []
+        self.switched_off: list[str] = []
         self.perceptual = self._pretrained(
             "vgg19", ("perceptual", "style"), PerceptualLoss, "the perceptual and style losses"
         )
@@ -95,6 +101,11 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
             "the correspondence loss",
         )
         self.lpips = lpips_metric(weights_dir)
+        if self.lpips is None:
+            self.missing_weights.append(
+                missing_weights_message("alexnet", weights_dir or "<paths.weights_dir>", "LPIPS")
+            )
+            self.switched_off.append("lpips")
         names = ("output", *BASELINES)
         self.val_metrics = nn.ModuleDict({name: self._image_metrics() for name in names})
         self.test_metrics = nn.ModuleDict({name: self._image_metrics() for name in names})
@@ -106,7 +117,10 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
             return None
         weights = torchvision_weights(name, self.weights_dir)
         if weights is None:
-            log.warning(missing_weights_message(name, self.weights_dir or "<paths.weights_dir>", what))
+            message = missing_weights_message(name, self.weights_dir or "<paths.weights_dir>", what)
+            log.warning(message)
+            self.missing_weights.append(message)
+            self.switched_off += [term for term in terms if self.losses.get(term, 0.0) > 0]
             for term in terms:
                 self.losses[term] = 0.0
             return None
@@ -123,8 +137,17 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        """The previous stage's networks (before Lightning restores this stage's own checkpoint, when it
-        resumes one, which then wins); channels-last weights when asked."""
+        """A recipe whose losses or metrics need weights that are missing stops here, before any step,
+        naming every file (`allow_missing_weights=true` goes on without them). Then the previous stage's
+        networks (before Lightning restores this stage's own checkpoint, when it resumes one, which then
+        wins); channels-last weights when asked."""
+        if self.missing_weights and not self.allow_missing_weights:
+            files = "\n".join(f"  - {message}" for message in self.missing_weights)
+            raise FileNotFoundError(
+                f"this recipe needs pretrained weights that are not in paths.weights_dir:\n{files}\n"
+                "Put the files there, or run with allow_missing_weights=true to go on without "
+                f"{', '.join(self.switched_off)} (the run's metrics.json then lists them)."
+            )
         if self.init_checkpoint:
             load_networks(self, self.init_checkpoint, type(self).__name__)
         if self.channels_last:
@@ -260,10 +283,13 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
                 batch_size=batch_size,
             )
             if name == "output":
+                # A mean over equally sized images, weighted by the batch's size and summed over ranks:
+                # exact under DDP (it is the checkpoint monitor and the sweeps' optimized_metric).
                 self.log(
                     f"{split}/l1",
                     (image - batch["target"]).abs().mean(),
                     on_epoch=True,
+                    sync_dist=True,
                     batch_size=batch_size,
                 )
                 if self.lpips is not None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 TASKS = {
     "train": "lightning_modules.tasks.train.fit_and_evaluate",
     "test": "lightning_modules.tasks.train.fit_and_evaluate",
+    "validate": "lightning_modules.tasks.train.fit_and_evaluate",
     "predict": "lightning_modules.tasks.train.fit_and_evaluate",
     "synthesize": "lightning_modules.tasks.data.synthesize",
     "preprocess": "lightning_modules.tasks.data.preprocess",

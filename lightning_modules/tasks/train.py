@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lightning_modules.common.config import instantiate_group
-from lightning_modules.common.runs import RUN_CONFIG_KEYS, _finish_wandb, resolve_checkpoint, write_metrics
+from lightning_modules.common.runs import RUN_CONFIG_KEYS, finish_wandb, resolve_checkpoint, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _pin_ddp_children_to_this_job() -> None:
 
 
 def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Trainer) -> None:
-    """Send the whole resolved config and the parameter counts to every logger."""
+    """Send the whole resolved config, the parameter counts and what was switched off to every logger."""
     if not trainer.loggers:
         return
     params: dict[str, Any] = {
@@ -93,13 +93,16 @@ def log_hyperparameters(cfg: DictConfig, model: L.LightningModule, trainer: L.Tr
     }
     params["params/total"] = sum(p.numel() for p in model.parameters())
     params["params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # What a missing weights file switched off (allow_missing_weights=true): the run's record says so.
+    params["switched_off"] = list(getattr(model, "switched_off", []))
     for logger in trainer.loggers:
         logger.log_hyperparams(params)
 
 
 def fit_and_evaluate(cfg: DictConfig) -> float | None:
-    """`task=train` fits (then tests if `test_after_train`); `task=test` / `task=predict` evaluate the
-    checkpoint in `ckpt_path` (`last`: the newest of the experiment's training run)."""
+    """`task=train` fits (then tests if `test_after_train`); `task=validate` / `task=test` /
+    `task=predict` evaluate the checkpoint in `ckpt_path` (`last`: the newest of the experiment's training
+    run)."""
     environ_before = dict(os.environ)
     ckpt_path = resolve_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -137,17 +140,20 @@ def fit_and_evaluate(cfg: DictConfig) -> float | None:
         elif cfg.task == "test":
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics = dict(trainer.callback_metrics)
+        elif cfg.task == "validate":
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics = dict(trainer.callback_metrics)
         else:
             # The prediction writer callback (conf/callbacks/predictions.yaml) keeps them, not memory.
             trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
             metrics = {}
         failed = False
     finally:
-        _finish_wandb(failed)
+        finish_wandb(failed)
         _release_distributed_state(environ_before)
 
     if trainer.is_global_zero:
-        write_metrics(cfg, metrics, trainer.global_step)
+        write_metrics(cfg, metrics, trainer.global_step, getattr(model, "switched_off", None))
     value = metrics.get(cfg.optimized_metric)
     if value is None:
         log.warning("optimized_metric %r was not logged (have: %s)", cfg.optimized_metric, sorted(metrics))
