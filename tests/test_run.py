@@ -376,7 +376,8 @@ def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
     (stages 3 and 4, the emotion stage's DiT, the teacher's expert) starts from fresh networks or a random
     expert here. Training draws enough windows of each clip to fill its batch."""
     overrides = [f"experiment={experiment}", "debug=fdr", "logger=csv", f"paths.log_dir={tmp_path}", *QUIET]
-    overrides += [*corpus_args, "data.examples_per_clip=32"]
+    # The renderers' paper recipes stop without the VGG-19 / RAFT / AlexNet files, which no test downloads.
+    overrides += [*corpus_args, "data.examples_per_clip=32", "allow_missing_weights=true"]
     if "stage3" in experiment or "stage4" in experiment or "motion_emotion" in experiment:
         overrides.append("model.init_checkpoint=null")
     if experiment == "teacher":
@@ -386,7 +387,8 @@ def test_every_experiment_the_readme_shows_runs_on_the_synthetic_corpus(
 
     record = read_run_metrics(tmp_path / "run")  # every logged value finite
     metrics = record["metrics"]
-    assert record["task"] == "train" and record["global_step"] == 1
+    # One training batch: one optimiser step, two where a critic has its own (the renderers' GAN term).
+    assert record["task"] == "train" and record["global_step"] in (1, 2), record["global_step"]
     # Every experiment's LightningModule logs its training objective as train/loss.
     assert "train/loss" in metrics, f"{experiment}: no train/loss in {sorted(metrics)}"
     assert any(key.startswith("val/") for key in metrics), f"{experiment}: no validation metric logged"

@@ -39,7 +39,7 @@ class EmotionControlModule(MotionDiffusionModule):
 
     def setup(self, stage: str) -> None:
         """The pretrained DiT and its statistics first (a resumed emotion run then restores its own copy)."""
-        if self.init_checkpoint:
+        if self.init_checkpoint and stage == "fit":  # evaluation restores its own checkpoint whole
             load_networks(
                 self,
                 self.init_checkpoint,

@@ -148,7 +148,7 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
                 "Put the files there, or run with allow_missing_weights=true to go on without "
                 f"{', '.join(self.switched_off)} (the run's metrics.json then lists them)."
             )
-        if self.init_checkpoint:
+        if self.init_checkpoint and stage == "fit":  # evaluation restores its own checkpoint whole
             load_networks(self, self.init_checkpoint, type(self).__name__)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
