@@ -61,11 +61,13 @@ def test_every_module_logs_the_same_validation_values_on_one_and_two_ranks(
         two = validated(experiment, checkpoint, overrides, "ddp_cpu", tmp_path / name.replace(" ", "_"))
         assert one and sorted(one) == sorted(two), (name, sorted(one), sorted(two))
         for key in one:
-            table.append(f"{name:14s} {key:28s} {one[key]:.6g} {two[key]:.6g}")
-            assert math.isclose(one[key], two[key], rel_tol=1e-4, abs_tol=1e-6), (
-                name,
-                key,
-                one[key],
-                two[key],
+            # A rank statistic (AUC) moves by one discordant pair when float rounding, which differs with
+            # the batch's size, reorders two nearly equal scores of the random expert: 1 / (positives x
+            # negatives) of its validation pairs, about 2e-4 here.
+            tolerance = 1e-3 if key.endswith("auc") else 1e-6
+            same = math.isclose(one[key], two[key], rel_tol=1e-4, abs_tol=tolerance)
+            table.append(
+                f"{name:14s} {key:28s} {one[key]:<12.6g} {two[key]:<12.6g} {'' if same else 'DIFFERS'}"
             )
     print("\n".join(table))
+    assert not [row for row in table if row.endswith("DIFFERS")], "\n".join(table)
