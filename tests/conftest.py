@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import TINY_MOTION
+from tests.helpers import TINY_EMOTION, TINY_MOTION
 
 os.environ.setdefault("SYNERGYDUB_ROOT", str(Path(__file__).resolve().parents[1]))
 
@@ -199,8 +199,7 @@ def tiny_motion(corpus_args, tmp_path_factory):
     emotion = [
         "experiment=demo_motion_emotion",
         f"model.init_checkpoint={dit}",
-        "model.controller.hidden_dim=16",
-        "model.controller.heads=2",
+        *TINY_EMOTION,
     ]
     run_task(compose_config([*emotion, *common], root / "emotion"))
     return MotionCheckpoints(dit, root / "emotion" / "checkpoints" / "last.ckpt")

@@ -182,3 +182,5 @@ TINY_MOTION = [
     "model.sampling.overlap_frames=4",
     "model.validation.steps=3",
 ]
+# The emotion controller at the tiny DiT's size (`tiny_motion`).
+TINY_EMOTION = ["model.controller.hidden_dim=16", "model.controller.heads=2"]

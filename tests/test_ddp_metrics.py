@@ -14,7 +14,7 @@ import pytest
 
 from lightning_modules.common.config import compose_config
 from lightning_modules.tasks.dispatch import run_task
-from tests.helpers import QUIET, SHORT, TINY_MOTION, run_cli
+from tests.helpers import QUIET, SHORT, TINY_EMOTION, TINY_MOTION, run_cli
 
 EXPERT = ["data.batch_size=2", "model.net.width=0.25"]
 
@@ -46,13 +46,22 @@ def test_every_module_logs_the_same_validation_values_on_one_and_two_ranks(
     expert_dir = tmp_path / "expert"
     run_task(compose_config(["experiment=syncnet", *SHORT, *corpus_args, *EXPERT], expert_dir))
     cases = {
-        # Windows of 8 frames: the tiny corpus has one validation clip, whole-clip windows give one example.
+        # The tiny corpus has one validation clip: windows shorter than the demos' whole-clip ones give each
+        # rank some.
         "stage 1": ("demo", tiny_chain.a2e, ["callbacks.a2e_media=null", "data.eval_window_frames=8"]),
         "renderer": ("demo_stage4", tiny_chain.renderer, ["callbacks.renderer_media=null"]),
         "expert": ("syncnet", expert_dir / "checkpoints" / "last.ckpt", EXPERT),
         "teacher": ("demo_wav2lip", tiny_chain.wav2lip, []),
-        "motion DiT": ("demo_motion_diffusion", tiny_motion.dit, TINY_MOTION),
-        "emotion stage": ("demo_motion_emotion", tiny_motion.emotion, TINY_MOTION),
+        "motion DiT": (
+            "demo_motion_diffusion",
+            tiny_motion.dit,
+            [*TINY_MOTION, "data.eval_window_frames=16"],
+        ),
+        "emotion stage": (
+            "demo_motion_emotion",
+            tiny_motion.emotion,
+            [*TINY_MOTION, *TINY_EMOTION, "data.eval_window_frames=16"],
+        ),
     }
     table = []
     for name, (experiment, checkpoint, overrides) in cases.items():
