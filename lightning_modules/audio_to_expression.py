@@ -34,6 +34,7 @@ from lightning_modules.metrics.expression import (
     average_expression_distance,
     landmark_distance,
 )
+from lightning_modules.metrics.means import BatchMeans
 from lightning_modules.metrics.sync import sync_measures
 from lightning_modules.networks.syncnet import load_syncnet
 
@@ -60,6 +61,21 @@ class AudioToExpressionModule(LearnedStateOnly, L.LightningModule):
         semantic_key: str = "semantic",
     ) -> None:
         super().__init__()
+        # Evaluation means, exact under DDP (lightning_modules/metrics/means.py).
+        self.evaluation_means = BatchMeans(
+            (
+                "loss",
+                "loss_exp",
+                "loss_shape",
+                "aed",
+                "lmd",
+                "lmd_mouth",
+                "aed_mean_baseline",
+                "lmd_mean_baseline",
+                "sync",
+                "sync_gt",
+            )
+        )
         self.save_hyperparameters(logger=False, ignore=["net", "face_model", "optimizer", "scheduler"])
         self.net = net
         self.face_model = face_model.requires_grad_(False)
@@ -170,31 +186,25 @@ class AudioToExpressionModule(LearnedStateOnly, L.LightningModule):
         batch_size = out["target"].shape[0]
         pred, true = out["landmarks_pred"], out["landmarks_true"]
         metrics = {
-            f"{split}/loss": out["loss"],
-            f"{split}/loss_exp": out["loss_exp"],
-            f"{split}/loss_shape": out["loss_shape"],
-            f"{split}/aed": average_expression_distance(out["prediction"], out["target"]),
-            f"{split}/lmd": landmark_distance(pred, true),
-            f"{split}/lmd_mouth": landmark_distance(pred, true, MOUTH_LANDMARKS),
+            "loss": out["loss"],
+            "loss_exp": out["loss_exp"],
+            "loss_shape": out["loss_shape"],
+            "aed": average_expression_distance(out["prediction"], out["target"]),
+            "lmd": landmark_distance(pred, true),
+            "lmd_mouth": landmark_distance(pred, true, MOUTH_LANDMARKS),
         }
         if self._mean_expression is not None:
             mean = self._mean_expression.to(out["target"]).expand_as(out["target"])
-            metrics[f"{split}/aed_mean_baseline"] = average_expression_distance(mean, out["target"])
-            metrics[f"{split}/lmd_mean_baseline"] = landmark_distance(
+            metrics["aed_mean_baseline"] = average_expression_distance(mean, out["target"])
+            metrics["lmd_mean_baseline"] = landmark_distance(
                 self.project_landmarks(batch["coeffs"], mean), true
             )
         if self.syncnet is not None:
             albedo = batch.get("albedo")
-            metrics[f"{split}/sync"] = self.sync_score(
-                batch["coeffs"], out["prediction"], batch["mel"], albedo
-            )
-            metrics[f"{split}/sync_gt"] = self.sync_score(
-                batch["coeffs"], out["target"], batch["mel"], albedo
-            )
-        self.log(
-            f"{split}/aed", metrics.pop(f"{split}/aed"), prog_bar=True, sync_dist=True, batch_size=batch_size
-        )
-        self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
+            metrics["sync"] = self.sync_score(batch["coeffs"], out["prediction"], batch["mel"], albedo)
+            metrics["sync_gt"] = self.sync_score(batch["coeffs"], out["target"], batch["mel"], albedo)
+        self.evaluation_means.log(self, split, {"aed": metrics.pop("aed")}, batch_size, prog_bar=True)
+        self.evaluation_means.log(self, split, metrics, batch_size)
         return {"prediction": out["prediction"].detach()}
 
     @torch.no_grad()

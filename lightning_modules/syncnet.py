@@ -37,6 +37,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from lightning_modules.common.optim import optimizer_config
 from lightning_modules.losses import contrastive_sync_loss, sync_loss
+from lightning_modules.metrics.means import BatchMeans
 from lightning_modules.metrics.sync import sync_measures
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window
 
@@ -70,6 +71,16 @@ class SyncNetModule(L.LightningModule):
         faces_per_clip: int = 2,
     ) -> None:
         super().__init__()
+        # Evaluation means, exact under DDP (lightning_modules/metrics/means.py).
+        self.evaluation_means = BatchMeans(
+            (
+                "loss",
+                "acc",
+                "separation",
+                "sync_conf",
+                "sync_offset",
+            )
+        )
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
         if min_offset < 1:
             raise ValueError(f"min_offset must be at least 1 frame, got {min_offset}")
@@ -203,16 +214,18 @@ class SyncNetModule(L.LightningModule):
         scores = torch.cat([positive.flatten(), negative.flatten()])
         labels = torch.cat([torch.ones(positive.numel()), torch.zeros(negative.numel())]).to(scores.device)
         auc.update(scores, labels.long())
-        # Per-clip means of equally long windows, weighted by the batch's size and summed over ranks: exact
-        # under DDP (`auc` is a torchmetrics state and reduces itself).
-        log = partial(self.log, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        log(f"{split}/loss", loss, prog_bar=True)
-        log(f"{split}/acc", accuracy)
-        log(f"{split}/separation", positive.mean() - negative.mean())
-        log(f"{split}/auc", auc, prog_bar=True)
+        # Per-clip means of equally long windows, weighted by the batch's size (`auc` is a torchmetrics
+        # state and reduces itself).
+        means = self.evaluation_means
+        means.log(self, split, {"loss": loss}, batch_size, prog_bar=True)
+        means.log(self, split, {"acc": accuracy, "separation": positive.mean() - negative.mean()}, batch_size)
+        self.log(f"{split}/auc", auc, prog_bar=True)
         measures = sync_measures(self.syncnet, frames, mel, self.max_eval_offset)
-        log(f"{split}/sync_conf", measures["confidence"].mean())
-        log(f"{split}/sync_offset", measures["offset"].abs().float().mean())
+        values = {
+            "sync_conf": measures["confidence"].mean(),
+            "sync_offset": measures["offset"].abs().float().mean(),
+        }
+        means.log(self, split, values, batch_size)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer(params=[p for p in self.parameters() if p.requires_grad])

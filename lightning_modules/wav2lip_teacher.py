@@ -35,6 +35,7 @@ from torchmetrics import MeanMetric
 
 from lightning_modules.common.optim import optimizer_config
 from lightning_modules.losses import sync_loss
+from lightning_modules.metrics.means import BatchMeans
 from lightning_modules.networks.syncnet import SYNC_FRAMES, SyncNet, face_window, load_syncnet
 from lightning_modules.networks.wav2lip import IMAGE_SIZE, Wav2LipGenerator, generator_input, resize_faces
 
@@ -58,6 +59,14 @@ class Wav2LipTeacherModule(L.LightningModule):
         reference_min_gap: int = 5,
     ) -> None:
         super().__init__()
+        # Evaluation means, exact under DDP (lightning_modules/metrics/means.py).
+        self.evaluation_means = BatchMeans(
+            (
+                "loss",
+                "l1",
+                "sync",
+            )
+        )
         self.save_hyperparameters(logger=False, ignore=["generator", "optimizer", "scheduler"])
         if not 0.0 <= sync_weight < 1.0:
             raise ValueError(f"sync_weight must lie in [0, 1), got {sync_weight}")
@@ -159,15 +168,7 @@ class Wav2LipTeacherModule(L.LightningModule):
         gaps = torch.full((batch_size,), max_gap, device=self.device)
         losses, _ = self._losses(batch, gaps)
         for name, value in losses.items():
-            # Weighted by the batch's size and summed over ranks: exact under DDP.
-            self.log(
-                f"{split}/{name}",
-                value,
-                on_epoch=True,
-                sync_dist=True,
-                prog_bar=name == "loss",
-                batch_size=batch_size,
-            )
+            self.evaluation_means.log(self, split, {name: value}, batch_size, prog_bar=name == "loss")
         return losses, batch_size
 
     def on_validation_epoch_end(self) -> None:

@@ -44,6 +44,7 @@ from lightning_modules.losses import (
 )
 from lightning_modules.metrics.expression import ImageLandmarkDistance
 from lightning_modules.metrics.image import lpips_metric
+from lightning_modules.metrics.means import BatchMeans
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
         allow_missing_weights: bool = False,
     ) -> None:
         super().__init__()
+        # Evaluation means, exact under DDP (lightning_modules/metrics/means.py).
+        self.evaluation_means = BatchMeans(("l1",))
         self.automatic_optimization = False
         self.critic = critic
         self.optimizer_factory = optimizer
@@ -283,15 +286,10 @@ class RendererModule(LearnedStateOnly, L.LightningModule):
                 batch_size=batch_size,
             )
             if name == "output":
-                # A mean over equally sized images, weighted by the batch's size and summed over ranks:
-                # exact under DDP (it is the checkpoint monitor and the sweeps' optimized_metric).
-                self.log(
-                    f"{split}/l1",
-                    (image - batch["target"]).abs().mean(),
-                    on_epoch=True,
-                    sync_dist=True,
-                    batch_size=batch_size,
-                )
+                # A mean over equally sized images, weighted by the batch's size, exact under DDP (it is the
+                # checkpoint monitor and the sweeps' optimized_metric).
+                l1 = (image - batch["target"]).abs().mean()
+                self.evaluation_means.log(self, split, {"l1": l1}, batch_size)
                 if self.lpips is not None:
                     self.lpips.update(image, batch["target"])
                     self.log(
