@@ -1,4 +1,4 @@
-"""Emotion labels (Playmate, Playmate's emotion control) and the synthetic corpus's emotional faces.
+"""Emotion labels (Playmate's emotion control) and the synthetic corpus's emotional faces.
 
 A clip carries one of `EMOTIONS` (the tuple's order is the label index, as the shards store it) at an
 intensity level: MEAD's 1 (weak) to 3 (strong), neutral at level 1 only. Clips of corpora without

@@ -1,5 +1,5 @@
 """`python run.py task=eval`: dubbing models and stage-1 checkpoints scored on a test split, over every
-frame of every clip, in the layouts of the main paper's Table 1 and Table 3 (main paper, metrics).
+frame of every clip, in the layouts of the main paper's Table 1 and Table 3.
 
 Table 1 (one row per model of `eval.models`: the suite's pipeline, the Wav2Lip-architecture peer, ...):
 every test clip is re-dubbed with its own speech (self-reconstruction, as the paper's Table 1), through

@@ -1,4 +1,4 @@
-"""`task=eval_motion` (Playmate, Playmate's evaluation; the issue's section 7): the diffusion motion
+"""`task=eval_motion` (Playmate's evaluation): the diffusion motion
 generator and its emotion control against deterministic stage 1 and the ground truth, on speakers never
 seen in training (`motion_eval.split` of `data`), every clip generated from its own audio and identity.
 

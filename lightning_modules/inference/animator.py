@@ -1,7 +1,6 @@
-"""`python run.py task=animate image=PORTRAIT audio=SPEECH [emotion=sad] [pose=generated|source|still]
-[pose_video=V.mp4] [output=OUT.mp4]` (and the `synergydub-animate` console script): a still portrait becomes
-a talking video (Playmate, Playmate's audio-driven portrait animation with emotion control, rendered by
-the main paper's renderer).
+"""The portrait animator (`Animator`, what `task=animate` in lightning_modules/tasks/animate.py runs): a
+still portrait becomes a talking video (Playmate's audio-driven portrait animation with emotion control,
+rendered by the main paper's renderer).
 
 1. The portrait is analysed with dubbing's front end (lightning_modules/tasks/dub.py `analyse_chunk`, the
    settings of the renderer's own shards): face detection, the square crop box, landmarks, and the 3DMM and

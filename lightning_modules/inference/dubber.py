@@ -1,5 +1,5 @@
-"""`python run.py task=dub video=FACE.mp4 audio=SPEECH` (and the `synergydub-dub` console script): a face
-video and a new speech track become a dubbed mp4.
+"""The video dubber (`Dubber`, what `task=dub` in lightning_modules/tasks/dub.py runs): a face video and a
+new speech track become a dubbed mp4.
 
 1. The video is read in chunks of `dub.chunk_frames` output frames (bounded memory at any length); each
    chunk is analysed with the preprocessing front end, reused: dlib (or FAN) detection on a copy at most

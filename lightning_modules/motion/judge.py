@@ -1,5 +1,5 @@
 """The emotion judge of motion (`experiment=emotion_classifier` / `demo_emotion_classifier`): a
-`MotionEmotionClassifier` (networks/motion_classifier.py) trained on the ground-truth motion of the
+`MotionEmotionClassifier` (networks/emotion_classifier.py) trained on the ground-truth motion of the
 training speakers (their fitted expressions, normalised by the training set's statistics as the motion
 DiT's are) and validated on unseen speakers. `task=eval_motion` (lightning_modules/evaluation/motion.py)
 then names the emotion of generated sequences with it and measures Fréchet distances in its features.

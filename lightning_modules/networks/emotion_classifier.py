@@ -1,4 +1,4 @@
-"""The emotion judge of generated motion (Playmate, Playmate's evaluation: a classifier trained on
+"""The emotion judge of generated motion (Playmate's evaluation: a classifier trained on
 ground-truth motion names the emotion of generated sequences; its pooled features give a Fréchet
 distance between generated and real motion, as FID does with Inception's).
 

@@ -1,4 +1,4 @@
-"""What `run.py` runs: the train / test / predict tasks and the data tasks, from one composed config.
+"""`task=train | validate | test | predict`: a LightningModule fitted or evaluated from one composed config.
 
 Follows the lightning-hydra-template flow (instantiate data, model, callbacks, loggers, trainer from
 config; return the optimised metric), with three of its known traps closed:
