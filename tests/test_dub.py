@@ -426,6 +426,9 @@ def test_eval_writes_table_1_with_the_wav2lip_row_and_table_3(tiny_chain, corpus
     assert result["sync_network"] == "none"  # no expert in this run: the Sync columns say so
     table = (tmp_path / "run" / "table1.md").read_text()
     assert "| wav2lip | own speech |" in table and "Sync: none" in table
+    # No AlexNet or Inception file here: the table says which columns are off and why.
+    assert "LPIPS: off (" in table and "alexnet-owt-7be5be79.pth missing" in table and "FID: off (" in table
+    assert set(result["switched_off"]) == {"LPIPS", "FID"}
     per_clip = (tmp_path / "run" / "table1_per_clip.csv").read_text().splitlines()
     assert per_clip[0].startswith("model,setting,clip_id,PSNR") and len(per_clip) == 1 + 2 * 2
     # The tables are in the run's offline W&B run too.

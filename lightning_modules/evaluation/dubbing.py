@@ -45,6 +45,7 @@ from datamodules.shards import decode_images, num_images
 from face3d import expression_of
 from lightning_modules.common.checkpoints import load_trained_module
 from lightning_modules.common.config import instantiate_group
+from lightning_modules.common.pretrained import weights_path
 from lightning_modules.common.runs import finish_wandb
 from lightning_modules.evaluation.tables import _cell, write_table
 from lightning_modules.inference.generators import build_dubber
@@ -57,7 +58,13 @@ from lightning_modules.metrics.expression import (
     landmark_distance,
 )
 from lightning_modules.metrics.identity import ARCFACE_FILE, CSIM
-from lightning_modules.metrics.image import TemporalStability, fid_metric, lpips_metric
+from lightning_modules.metrics.image import (
+    INCEPTION_FILES,
+    TemporalStability,
+    fid_metric,
+    fid_weights_path,
+    lpips_metric,
+)
 from lightning_modules.metrics.sync import LipSyncMetric, syncnet_python_crop
 from lightning_modules.networks.syncnet import load_syncnet
 from lightning_modules.networks.syncnet_v2 import SyncNetV2, load_syncnet_v2
@@ -342,6 +349,17 @@ def _log_tables(cfg: DictConfig, tables: dict[str, tuple[list[dict[str, Any]], l
     finish_wandb(False)
 
 
+def switched_off_columns(weights_dir: str) -> dict[str, str]:
+    """Table 1's columns whose pretrained network is missing from `weights_dir`, with the file."""
+    off = {}
+    alexnet = weights_path("alexnet", weights_dir)
+    if not alexnet.is_file():
+        off["LPIPS"] = f"{alexnet} missing"
+    if fid_weights_path(weights_dir) is None:
+        off["FID"] = f"{Path(weights_dir) / INCEPTION_FILES[0]} missing"
+    return off
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     """`task=eval`: Table 1 for `eval.models`, Table 3 for `eval.a2e_checkpoints`, into the run dir."""
     out_dir = Path(cfg.paths.output_dir)
@@ -354,9 +372,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         arcface = Path(cfg.paths.weights_dir) / ARCFACE_FILE
         auto_arcface = cfg.eval.csim_backend == "auto" and arcface.is_file()
         csim = "ArcFace" if cfg.eval.csim_backend == "arcface" or auto_arcface else "dlib"
+        off = switched_off_columns(cfg.paths.weights_dir)
+        result["switched_off"] = off
         note = (
             f"Every frame of the {cfg.eval.split} split ({cfg.data.shard_dir}). Sync: {sync_name}. "
-            f"LMD: {lmd_backend(cfg)} landmarks; CSIM: {csim} identity embeddings. "
+            + "".join(f"{column}: off ({reason}). " for column, reason in off.items())
+            + f"LMD: {lmd_backend(cfg)} landmarks; CSIM: {csim} identity embeddings. "
             "'own speech': each clip re-dubbed with its own audio, scored against its frames; "
             "'other speech': dubbed with the next test clip's audio (only Sync and the mouth change mean "
             "anything there). Mouth change / source: the generated mouth's mean frame-to-frame change over "
